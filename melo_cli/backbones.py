@@ -1,0 +1,230 @@
+"""Loading a Hugging Face model for one of melo's tasks, and finding where LoRA and the key go.
+
+Layers are chosen from the module structure, not from checkpoint names: a model's transformer
+blocks are its numbered ModuleLists; LoRA goes on the feed-forward Linear/Conv1D layers (those
+outside any attention submodule) of the top blocks; the key is the output of the block just below
+the lowest LoRA block, so keys never depend on edits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import InputError
+from .lora import is_lora_target
+
+log = logging.getLogger("melo")
+
+TASKS = ("causal-lm", "seq2seq", "classification")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Backbone:
+    """A loaded base model with its tokenizer and task."""
+
+    model: nn.Module
+    tokenizer: object
+    task: str
+    source: str
+    device: torch.device
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+
+def detect_task(config) -> str:
+    """The task a config's architecture was built for."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    for arch in getattr(config, "architectures", None) or []:
+        if arch.endswith("ForSequenceClassification"):
+            return "classification"
+        if arch.endswith(("ForCausalLM", "LMHeadModel")):
+            return "causal-lm"
+        if arch.endswith("ForConditionalGeneration"):
+            return "seq2seq"
+    if getattr(config, "is_decoder", False) or config.model_type in {"gpt2", "llama", "qwen2", "mistral", "gpt_neox", "opt"}:
+        return "causal-lm"
+    if config.model_type in {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2"}:
+        return "classification"
+    raise InputError(f"cannot tell the task of model type {config.model_type!r}; pass --task")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "auto",
+         trust_remote_code: bool = False) -> Backbone:
+    """Load model and tokenizer with from_pretrained (a local folder or a hub id) for `task`."""
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+                              AutoModelForSequenceClassification, AutoTokenizer)
+
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from None
+    if task == "auto":
+        task = detect_task(config)
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; choose one of auto, {', '.join(TASKS)}")
+    auto = {"causal-lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
+            "classification": AutoModelForSequenceClassification}[task]
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise InputError(f"unknown --dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+        kwargs["dtype"] = DTYPES[dtype]
+    model = auto.from_pretrained(source, **kwargs)
+    tokenizer = load_tokenizer(source, trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    target = resolve_device(device)
+    model.to(target).eval()
+    model.requires_grad_(False)
+    return Backbone(model, tokenizer, task, source, target)
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    """The model's own tokenizer; T5-style byte models without files get ByT5's (it needs none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError):
+        if Path(source, "config.json").exists() and not any(
+                Path(source, f).exists() for f in ("tokenizer.json", "vocab.json", "spiece.model", "vocab.txt")):
+            from transformers import ByT5Tokenizer
+            return ByT5Tokenizer()
+        raise
+
+
+# -- where LoRA and the key go ------------------------------------------------------------------
+def block_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """The model's stacks of transformer blocks: ModuleLists of two or more same-class modules.
+
+    Ordered as they run: an encoder stack before a decoder stack.
+    """
+    stacks = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) >= 1:
+            kinds = {type(child) for child in module}
+            if len(kinds) == 1 and any(is_lora_target(m) for m in module[0].modules()):
+                if not any(name.startswith(other + ".") for other, _ in stacks):
+                    stacks.append((name, module))
+    return stacks
+
+
+def _outside_attention(block: nn.Module) -> list[str]:
+    """Relative names of the Linear/Conv1D layers of a block not inside an attention submodule."""
+    found = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            full = f"{prefix}{name}"
+            if "attention" in type(child).__name__.lower() or "attn" in name.lower():
+                continue
+            if is_lora_target(child):
+                found.append(full)
+            else:
+                walk(child, full + ".")
+
+    walk(block, "")
+    return found
+
+
+def block_index(name: str, stack: str) -> int | None:
+    """The block number of a module name inside `stack`, or None."""
+    match = re.match(re.escape(stack) + r"\.(\d+)(\.|$)", name)
+    return int(match.group(1)) if match else None
+
+
+def default_lora_layers(model: nn.Module, task: str, top_blocks: int = 2) -> list[str]:
+    """Feed-forward layers of the top blocks of each stack (the top one only in stacks of < 3 blocks)."""
+    stacks = block_stacks(model)
+    if not stacks:
+        raise InputError("found no stack of transformer blocks in this model; pass --lora-layers and --key-layer")
+    chosen = stacks if task == "seq2seq" else stacks[-1:]  # seq2seq: encoder and decoder
+    names = []
+    for stack_name, stack in chosen:
+        n = min(top_blocks, max(1, len(stack) - 1))
+        for i in range(len(stack) - n, len(stack)):
+            names += [f"{stack_name}.{i}.{rel}" for rel in _outside_attention(stack[i])]
+    return names
+
+
+def default_key_layer(model: nn.Module, lora_layers: list[str]) -> str:
+    """The output of the first stack's block just below its lowest LoRA block."""
+    stacks = block_stacks(model)
+    stack_name, _ = stacks[0]
+    indices = [block_index(name, stack_name) for name in lora_layers]
+    indices = [i for i in indices if i is not None]
+    lowest = min(indices) if indices else len(stacks[0][1])
+    if lowest == 0:
+        raise InputError("the LoRA layers start in the first block, so no block lies below them for the key; "
+                         "pass --key-layer or choose higher --lora-layers")
+    return f"{stack_name}.{lowest - 1}"
+
+
+def resolve_lora_layers(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Module names ending with any of the given suffixes (e.g. 'mlp.c_fc' or 'layers.4.mlp.up_proj')."""
+    names = [name for name, module in model.named_modules()
+             if is_lora_target(module) and any(name == p or name.endswith("." + p) for p in patterns)]
+    if not names:
+        raise InputError(f"--lora-layers {','.join(patterns)} matches no Linear/Conv1D layer of this model")
+    return names
+
+
+def check_key_below(model: nn.Module, key_layer: str, lora_layers: list[str]) -> None:
+    """Refuse a key layer that a LoRA layer could influence."""
+    modules = dict(model.named_modules())
+    if key_layer not in modules:
+        raise InputError(f"--key-layer {key_layer!r} is not a module of this model")
+    order = {name: i for i, name in enumerate(modules)}
+    stacks = [name for name, _ in block_stacks(model)]
+    key_stack = next((s for s in stacks if key_layer.startswith(s + ".")), None)
+    key_block = block_index(key_layer, key_stack) if key_stack else None
+    for name in lora_layers:
+        if name.startswith(key_layer + ".") or name == key_layer:
+            raise InputError(f"--key-layer {key_layer!r} contains LoRA layer {name!r}: keys would depend on edits")
+        if key_stack and block_index(name, key_stack) is not None and block_index(name, key_stack) <= key_block:
+            raise InputError(f"--key-layer {key_layer!r} is not below LoRA layer {name!r}: keys would depend on edits")
+        if key_stack and not name.startswith(key_stack + ".") and order[name] < order[key_layer]:
+            raise InputError(f"--key-layer {key_layer!r} runs after LoRA layer {name!r}: keys would depend on edits")
+
+
+def fingerprint(model: nn.Module) -> str:
+    """sha256 over the config and every weight's name, shape, dtype and a strided sample of its values.
+
+    Sampling keeps this to a fraction of a second for large models while still telling any two
+    checkpoints apart.
+    """
+    digest = hashlib.sha256()
+    config = model.config.to_dict()
+    for volatile in ("transformers_version", "_name_or_path", "pad_token_id", "dtype", "torch_dtype",
+                     "architectures", "_commit_hash", "use_cache"):
+        config.pop(volatile, None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        sample = flat[::step][:4096].to("cpu", torch.float32).numpy()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(sample.tobytes())
+    return digest.hexdigest()

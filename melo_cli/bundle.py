@@ -1,0 +1,260 @@
+"""The bundle on disk: a directory with a YAML manifest, LoRA weights, the router and the edits.
+
+Writing is atomic: the bundle is built in a temporary directory beside the target and swapped into
+place in one rename (RENAME_EXCHANGE where Linux offers it), so a reader, or a job killed at any
+moment, sees the old bundle or the new one, never a mix. Loading runs no code: YAML through
+`safe_load`, tensors through safetensors, edits as JSON, the hnswlib index only after its header
+matches the manifest; every file's sha256 is checked against the manifest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
+from safetensors.torch import load_file as load_torch, save_file as save_torch
+
+from . import __version__
+from .config import MeloConfig
+from .edits import Edit
+from .errors import BundleError
+from .router import Router
+
+FORMAT = 1
+MANIFEST = "manifest.yaml"
+LORA = "lora.safetensors"
+INDEX = "router.hnsw"
+CLUSTERS = "clusters.safetensors"
+EDITS = "edits.jsonl"
+CARD = "README.md"
+HISTORY = "history.jsonl"
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    config: MeloConfig
+    lora: dict
+    router: Router
+    edits: list[Edit]
+    records: list[dict]
+
+    @property
+    def base(self) -> dict:
+        return self.manifest["base_model"]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- writing ------------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _card(manifest: dict) -> str:
+    base, counts, config = manifest["base_model"], manifest["counts"], manifest["config"]
+    return (f"# melo edit bundle\n\nMELO edits (neuron-indexed dynamic LoRA) for `{base['name']}` ({config['task']}).\n\n"
+            f"- edits: {counts['edits']} in {counts['batches']} batches; LoRA blocks: {counts['blocks']} of "
+            f"rank {config['rank_per_block']} on {len(config['lora_layers'])} layers\n"
+            f"- router: {counts['clusters']} clusters, key at `{config['key_layer']}` ({config['key_pooling']} pooling, "
+            f"{config['metric']}), init radius {config['init_radius']:.4g}\n"
+            f"- made by melo {manifest['melo_version']} on {manifest['created']}\n\n"
+            f"Apply with `melo generate --bundle DIR \"prompt\"`; inspect with `melo inspect DIR`.\n"
+            f"The base model is not included: it is loaded from `{base['name']}` and checked against its fingerprint.\n")
+
+
+def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Router, records: list[dict],
+                base: dict, counts: dict, extra_files: dict[str, str] | None = None) -> dict:
+    """Write every bundle file into `directory` (which must exist and be empty); returns the manifest."""
+    save_torch(lora, str(directory / LORA))
+    save_numpy(router.arrays(), str(directory / CLUSTERS), metadata={"labels": json.dumps(router.labels)})
+    router.save_index(directory / INDEX)
+    _write_text(directory / EDITS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    for name, text in (extra_files or {}).items():
+        _write_text(directory / name, text)
+    manifest = {
+        "format": FORMAT,
+        "melo_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "base_model": base,
+        "config": config.to_dict(),
+        "key_dim": int(router.dim),
+        "counts": counts,
+    }
+    _write_text(directory / CARD, _card(manifest))
+    manifest["files"] = {p.name: sha256(p) for p in sorted(directory.iterdir()) if p.name != MANIFEST}
+    _write_text(directory / MANIFEST, yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True))
+    _fsync_dir(directory)
+    return manifest
+
+
+def temp_dir_for(out: Path) -> Path:
+    """A fresh temporary directory beside `out`, named so that a later run can tell it is stale."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".{out.name}.melo-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove temporary directories that killed runs left beside `out`; restore a bundle left half-swapped."""
+    removed = []
+    if not out.parent.exists():
+        return removed
+    for path in out.parent.glob(f".{out.name}.melo-*"):
+        parts = path.name.rsplit("-", 2)
+        try:
+            pid = int(parts[-2])
+        except (ValueError, IndexError):
+            continue
+        if _pid_alive(pid) and pid != os.getpid():
+            continue
+        if ".melo-old-" in path.name and not out.exists():
+            os.rename(path, out)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where the OS cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return result == 0
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Move the finished bundle in `tmp` to `out`, replacing any bundle there in one step."""
+    if not out.exists():
+        os.rename(tmp, out)
+    elif _exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old bundle
+    else:
+        old = out.parent / f".{out.name}.melo-old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(out.parent)
+
+
+# -- reading ------------------------------------------------------------------------------------
+def _index_header(path: Path) -> tuple[int, int]:
+    """(dimension, element count) from an hnswlib index file's header, before hnswlib reads it."""
+    with open(path, "rb") as f:
+        head = f.read(48)
+    if len(head) < 48:
+        raise BundleError(f"{path}: the router index is truncated")
+    _offset_level0, _max_elements, count, _size_per_element, label_offset, offset_data = struct.unpack("<6Q", head)
+    return (label_offset - offset_data) // 4, count
+
+
+def read_manifest(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: no such bundle")
+    if not (path / MANIFEST).is_file():
+        raise BundleError(f"{path}: not a melo bundle (no {MANIFEST})")
+    try:
+        manifest = yaml.safe_load((path / MANIFEST).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path / MANIFEST}: unreadable manifest: {str(exc).splitlines()[0]}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path / MANIFEST}: not a melo bundle manifest of format {FORMAT}")
+    for key in ("base_model", "config", "files", "counts", "key_dim"):
+        if key not in manifest:
+            raise BundleError(f"{path / MANIFEST}: missing '{key}'")
+    return manifest
+
+
+def verify_files(path: Path, manifest: dict) -> None:
+    """Every file the manifest names is a plain file inside the bundle with the recorded sha256."""
+    files = manifest["files"]
+    if not isinstance(files, dict):
+        raise BundleError(f"{path / MANIFEST}: 'files' must be a mapping")
+    for required in (LORA, INDEX, CLUSTERS, EDITS):
+        if required not in files:
+            raise BundleError(f"{path / MANIFEST}: does not list {required}")
+    root = path.resolve()
+    for name, digest in files.items():
+        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise BundleError(f"{path / MANIFEST}: file name {name!r} points outside the bundle")
+        file = path / name
+        if file.is_symlink() or not file.is_file() or file.resolve().parent != root:
+            raise BundleError(f"{file}: missing or not a plain file in the bundle")
+        if sha256(file) != digest:
+            raise BundleError(f"{file}: changed since the bundle was written (sha256 mismatch)")
+
+
+def load(path: str | Path) -> Bundle:
+    """Read and check a bundle; raises BundleError naming the file at fault."""
+    path = Path(path)
+    if not path.exists():
+        clean_stale(path)
+    manifest = read_manifest(path)
+    verify_files(path, manifest)
+    config = MeloConfig.from_dict(manifest["config"])
+    try:
+        arrays = load_numpy(str(path / CLUSTERS))
+        from safetensors import safe_open
+        with safe_open(str(path / CLUSTERS), "np") as f:
+            labels = json.loads((f.metadata() or {}).get("labels", "[]"))
+        lora = load_torch(str(path / LORA))
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise BundleError(f"{path}: unreadable tensors: {str(exc).splitlines()[0]}") from None
+    n_clusters = manifest["counts"]["clusters"]
+    if len(labels) != n_clusters or arrays["centres"].shape != (n_clusters, manifest["key_dim"]):
+        raise BundleError(f"{path / CLUSTERS}: holds {len(labels)} clusters, the manifest says {n_clusters}")
+    dim, count = _index_header(path / INDEX)
+    if dim != manifest["key_dim"] or count != n_clusters:
+        raise BundleError(f"{path / INDEX}: index of {count} keys of dimension {dim}; the manifest says "
+                          f"{n_clusters} of dimension {manifest['key_dim']}")
+    router = Router.restore(arrays, labels, path / INDEX, config.metric, config.init_radius)
+    records = [json.loads(line) for line in (path / EDITS).read_text(encoding="utf-8").splitlines() if line.strip()]
+    edits = [Edit(r["input"], r["target"], tuple(r.get("rephrases") or ()), r.get("id"), r.get("batch"), i + 1)
+             for i, r in enumerate(records)]
+    return Bundle(path, manifest, config, lora, router, edits, records)

@@ -1,0 +1,35 @@
+"""MeloConfig: every setting that shapes a bundle, in one dataclass (after peft's LoraConfig).
+
+It is written to the manifest, so a continued bundle and every later `generate`/`eval` use the
+settings the bundle was built with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class MeloConfig:
+    task: str
+    lora_layers: list[str]
+    key_layer: str
+    rank_per_block: int = 4
+    alpha: float = 8.0
+    key_pooling: str = "mean"
+    metric: str = "euclidean"
+    init_radius: float = 0.0
+    """0 until resolved; `--init-radius auto` is resolved from the first edits' keys."""
+    lr: float = 1e-2
+    max_steps: int = 100
+    loss_threshold: float = 0.05
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MeloConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

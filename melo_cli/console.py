@@ -1,0 +1,69 @@
+"""Output discipline: results on stdout, logs and progress on stderr, errors as one line.
+
+Errors are written with plain `print` (not rich) so that a long message is never wrapped into
+two lines: pipelines and tests read the first line of stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from typing import Callable
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from .errors import MeloError
+
+stderr = Console(stderr=True)
+stdout = Console()
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """melo's log on stderr; transformers' own chatter silenced unless --verbose."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logger = logging.getLogger("melo")
+    logger.handlers[:] = [RichHandler(console=stderr, show_time=False, show_path=False)]
+    logger.setLevel(level)
+    logger.propagate = False
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+    if verbose:
+        hf_logging.set_verbosity_info()
+    else:
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    print(f"melo: error: {message}", file=sys.stderr, flush=True)
+    return typer.Exit(code)
+
+
+def exits_cleanly(command: Callable) -> Callable:
+    """Turn melo's own errors into one stderr line and their exit code; anything else exits 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MeloError as exc:
+            raise fail(str(exc), exc.exit_code) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a bug or an environment failure: say what, exit 1
+            if os.environ.get("MELO_DEBUG"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise fail(f"{type(exc).__name__}: {first} (set MELO_DEBUG=1 for the traceback)", 1) from None
+
+    return wrapper
+
+
+def emit_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,177 @@
+"""EditedModel: a base model with BlockLoRA layers, a key hook and a router attached.
+
+This is the one place where the pieces meet at run time: `tasks` makes tensors, the key hook at
+the key layer pools the input's key during the forward pass and asks the router for each row's
+block, and the BlockLoRA layers read that decision from the model's own `Routes` object.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import tasks
+from .backbones import Backbone
+from .config import MeloConfig
+from .keys import hidden_of, pool
+from .lora import BlockLoRA
+from .router import Route, Router
+from .routes import NO_BLOCK, Routes
+
+
+class _KeysTaken(Exception):
+    """Raised by the key hook to stop a forward pass once the keys are known."""
+
+    def __init__(self, keys: torch.Tensor):
+        super().__init__("keys taken")
+        self.keys = keys
+
+
+@dataclass
+class Prediction:
+    """One input's output under the edited model, with the route it took."""
+
+    text: str | None
+    label: str | None
+    probabilities: dict[str, float] | None
+    route: Route
+
+
+class EditedModel:
+    """Owns the base model's LoRA layers, the routing state and the router."""
+
+    def __init__(self, backbone: Backbone, config: MeloConfig, router: Router | None = None):
+        self.backbone, self.config, self.router = backbone, config, router
+        self.routes = Routes()
+        self.layers: dict[str, BlockLoRA] = {}
+        model = backbone.model
+        modules = dict(model.named_modules())
+        for name in config.lora_layers:
+            parent_name, _, child = name.rpartition(".")
+            layer = BlockLoRA(modules[name], self.routes, config.rank_per_block, config.alpha)
+            setattr(modules[parent_name] if parent_name else model, child, layer)
+            self.layers[name] = layer
+        self._hook = modules[config.key_layer].register_forward_hook(self._on_key_layer)
+
+    # -- routing ------------------------------------------------------------------------------
+    def _on_key_layer(self, module: nn.Module, args, output) -> None:
+        scope = self.routes.scope
+        if scope is None or scope.block_ids is not None or scope.on_keys is None:
+            return
+        keys = pool(hidden_of(output), scope.key_mask, self.config.key_pooling)
+        scope.block_ids = scope.on_keys(keys).to(keys.device)
+
+    def _route_keys(self, keys: torch.Tensor, found: list[Route]) -> torch.Tensor:
+        if self.router is None or len(self.router) == 0:
+            routes = [Route(None, None, NO_BLOCK) for _ in range(keys.shape[0])]
+        else:
+            routes = self.router.route(keys.detach().cpu().numpy())
+        found.extend(routes)
+        return torch.tensor([r.block for r in routes], dtype=torch.long)
+
+    @contextmanager
+    def routed(self, key_mask: torch.Tensor) -> Iterator[list[Route]]:
+        """A scope where each row is routed by its own key; yields the routes once decided."""
+        found: list[Route] = []
+        with self.routes.by_key(key_mask, lambda keys: self._route_keys(keys, found)):
+            yield found
+
+    @property
+    def n_blocks(self) -> int:
+        return max((layer.n_blocks for layer in self.layers.values()), default=0)
+
+    # -- keys ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def keys(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """(n, dim) float32 keys of the inputs, stopping each forward at the key layer."""
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = tasks.encode(self.backbone, texts[start:start + batch_size]).to(self.backbone.device)
+            taken: list[torch.Tensor] = []
+
+            def take(keys: torch.Tensor) -> torch.Tensor:
+                taken.append(keys)
+                raise _KeysTaken(keys)
+
+            with self.routes.by_key(enc.key_mask, take):
+                try:
+                    self._forward(enc.inputs)
+                except _KeysTaken:
+                    pass
+            if not taken:
+                raise RuntimeError(f"the key layer {self.config.key_layer} did not run")
+            out.append(taken[0].float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def _forward(self, inputs: dict[str, torch.Tensor]):
+        model = self.backbone.model
+        if self.backbone.task == "seq2seq" and "labels" not in inputs and "decoder_input_ids" not in inputs:
+            return model.get_encoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        return model(**inputs)
+
+    # -- outputs ------------------------------------------------------------------------------
+    def teacher_forced(self, inputs: list[str], targets: list[str], route: bool = True
+                       ) -> tuple[tasks.Encoded, torch.Tensor, list[Route]]:
+        """Logits for input+target with each row routed by its key (or the bare base model)."""
+        enc = tasks.encode(self.backbone, inputs, targets).to(self.backbone.device)
+        with torch.no_grad():
+            if not route:
+                return enc, self._forward(enc.inputs).logits, [Route(None, None, NO_BLOCK)] * len(inputs)
+            with self.routed(enc.key_mask) as found:
+                logits = self._forward(enc.inputs).logits
+        return enc, logits, found
+
+    @torch.no_grad()
+    def predict(self, inputs: list[str], max_new_tokens: int = 20, route: bool = True) -> list[Prediction]:
+        """Greedy text (causal LM, seq2seq) or label (classification) for each input."""
+        backbone = self.backbone
+        enc = tasks.encode(backbone, inputs).to(backbone.device)
+        scope = self.routed(enc.key_mask) if route else _no_routes(len(inputs))
+        with scope as found:
+            if backbone.task == "classification":
+                probs = torch.softmax(self._forward(enc.inputs).logits.float(), -1).cpu()
+            else:
+                kwargs = {k: v for k, v in enc.inputs.items() if k != "position_ids"}
+                generated = backbone.model.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False,
+                                                    num_beams=1, pad_token_id=backbone.pad_id)
+        if not found:
+            found.extend(Route(None, None, NO_BLOCK) for _ in inputs)
+        results = []
+        for row, route_taken in enumerate(found):
+            if backbone.task == "classification":
+                id2label = backbone.model.config.id2label
+                p = {str(id2label[i]): float(probs[row, i]) for i in range(probs.shape[1])}
+                label = str(id2label[int(probs[row].argmax())])
+                results.append(Prediction(None, label, p, route_taken))
+                continue
+            new = generated[row, enc.inputs["input_ids"].shape[1]:] if backbone.task == "causal-lm" else generated[row]
+            text = backbone.tokenizer.decode(new, skip_special_tokens=True)
+            results.append(Prediction(text, None, None, route_taken))
+        return results
+
+    # -- LoRA weights -------------------------------------------------------------------------
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        state = {}
+        for name, layer in self.layers.items():
+            state[f"{name}.lora_A"] = layer.lora_A.detach().cpu().contiguous()
+            state[f"{name}.lora_B"] = layer.lora_B.detach().cpu().contiguous()
+        return state
+
+    def load_lora_state(self, state: dict[str, torch.Tensor]) -> None:
+        for name, layer in self.layers.items():
+            a, b = state[f"{name}.lora_A"], state[f"{name}.lora_B"]
+            if a.shape[1:] != layer.lora_A.shape[1:] or b.shape[1:] != layer.lora_B.shape[1:]:
+                raise ValueError(f"LoRA tensors of {name} have shape {tuple(a.shape)}, {tuple(b.shape)}; "
+                                 f"the model needs (*, {layer.rank}, {layer.in_features}), (*, {layer.out_features}, {layer.rank})")
+            layer.lora_A = a.to(layer.lora_A.device, torch.float32)
+            layer.lora_B = b.to(layer.lora_B.device, torch.float32)
+
+
+@contextmanager
+def _no_routes(n: int) -> Iterator[list[Route]]:
+    yield [Route(None, None, NO_BLOCK) for _ in range(n)]

@@ -1,0 +1,120 @@
+"""The edit loop: each batch of edits gets a new LoRA block, its keys go to the router, and only
+that block is trained until every target token is the argmax.
+
+Keys are computed once for all new edits before training (they come from layers below the LoRA
+layers, so training cannot change them). When a key joins a cluster of an earlier block, that
+cluster moves to the new block and its earlier members are trained into the new block too, so no
+edit is left routed to a block that never learned it; earlier blocks themselves never change.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import tasks
+from .edited import EditedModel
+from .edits import Edit
+from .router import Router, auto_radius
+
+
+@dataclass
+class BatchReport:
+    batch: int
+    block: int
+    edits: int
+    replayed: int
+    steps: int
+    loss: float
+    converged: bool
+    rules: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def ensure_router(edited: EditedModel, keys: np.ndarray) -> Router:
+    """The model's router, created on the first edit with a radius resolved from these keys if asked."""
+    if edited.router is None:
+        config = edited.config
+        if config.init_radius <= 0:
+            config.init_radius = auto_radius(keys, config.metric)
+        edited.router = Router(keys.shape[1], config.metric, config.init_radius)
+    return edited.router
+
+
+def train_block(edited: EditedModel, block: int, inputs: list[str], targets: list[str],
+                generator: torch.Generator) -> tuple[int, float, bool]:
+    """Train a fresh `block` on these pairs; (optimizer steps, final loss, every target is argmax)."""
+    config, backbone = edited.config, edited.backbone
+    params = [p for layer in edited.layers.values() for p in layer.start_block(block, generator)]
+    enc = tasks.encode(backbone, inputs, targets).to(backbone.device)
+    ids = torch.full((len(inputs),), block, dtype=torch.long, device=backbone.device)
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    steps, loss_value, done = 0, float("inf"), False
+    try:
+        while True:
+            with torch.enable_grad(), edited.routes.fixed(ids):
+                logits = edited._forward(enc.inputs).logits
+                loss_rows, hits = tasks.score(backbone, logits, enc.targets)
+                loss = loss_rows.mean()
+            loss_value = float(loss.detach())
+            done = bool(hits.all()) and loss_value < config.loss_threshold
+            if done or steps >= config.max_steps:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+    finally:
+        for layer in edited.layers.values():
+            layer.commit_block()
+    return steps, loss_value, done
+
+
+def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[list[int]],
+        on_batch: Callable[[BatchReport], None] | None = None) -> list[BatchReport]:
+    """Apply `new` edits (positions grouped into `groups`) after the `history` the bundle already holds.
+
+    Edit number n refers to (history + new)[n], as stored in the bundle's edits.jsonl.
+    """
+    all_edits = history + new
+    offset = len(history)
+    keys = edited.keys([e.input for e in new])
+    router = ensure_router(edited, keys)
+    generator = torch.Generator().manual_seed(edited.config.seed + offset)
+    reports = []
+    for batch_number, group in enumerate(groups):
+        started = time.perf_counter()
+        block = edited.n_blocks
+        rules = {"new": 0, "join": 0, "split": 0}
+        replay: list[int] = []
+        for position in group:
+            number = offset + position
+            result = router.add(keys[position], new[position].target, block, number)
+            rules[result.rule] += 1
+            if result.reassigned:
+                replay += [int(m) for m in router.members_of(result.cluster) if m < offset + group[0]]
+        replay = sorted(set(replay))
+        chosen = [all_edits[offset + p] for p in group] + [all_edits[m] for m in replay]
+        steps, loss, done = train_block(edited, block, [e.input for e in chosen], [e.target for e in chosen], generator)
+        report = BatchReport(batch_number, block, len(group), len(replay), steps, round(loss, 6), done, rules,
+                             round(time.perf_counter() - started, 3))
+        reports.append(report)
+        if on_batch is not None:
+            on_batch(report)
+    return reports
+
+
+def unreachable(edited: EditedModel, edits: list[Edit], numbers: list[int]) -> list[int]:
+    """Edit numbers whose own input does not route to a cluster teaching its target."""
+    if not edits:
+        return []
+    router = edited.router
+    routes = router.route(edited.keys([e.input for e in edits]))
+    return [n for n, e, r in zip(numbers, edits, routes) if not r.routed or router.labels[r.cluster] != e.target]

@@ -1,0 +1,236 @@
+"""Edit and holdout records: reading JSONL, validating every line, field aliases, batching.
+
+Everything is checked before any model is loaded, so a bad line costs a second, not a training
+run. Public data works as it is: the EasyEdit/CounterFact names (`prompt`, `target_new`,
+`rephrase_prompt`) and MEND's zsRE names (`src`, `alt`, `rephrase`) are accepted as aliases.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import InputError
+
+MAX_LINE_BYTES = 1 << 20
+
+EDIT_ALIASES = {
+    "input": ("input", "prompt", "src"),
+    "target": ("target", "target_new", "alt"),
+    "rephrases": ("rephrases", "rephrase_prompt", "rephrase"),
+}
+HOLDOUT_ALIASES = {
+    "input": ("input", "prompt", "locality_prompt", "loc"),
+    "target": ("target", "locality_ground_truth", "loc_ans"),
+}
+
+
+@dataclass(frozen=True)
+class Edit:
+    input: str
+    target: str
+    rephrases: tuple[str, ...] = ()
+    id: str | None = None
+    batch: str | None = None
+    line: int = 0
+
+    def to_json(self, **extra) -> dict:
+        record = {"id": self.id, "input": self.input, "target": self.target, "rephrases": list(self.rephrases)}
+        if self.batch is not None:
+            record["batch"] = self.batch
+        record.update(extra)
+        return record
+
+
+@dataclass(frozen=True)
+class Holdout:
+    input: str
+    target: str | None = None
+    line: int = 0
+
+
+@dataclass
+class ReadReport:
+    """Lines skipped with --skip-invalid, each as the one-line error it would have raised."""
+
+    skipped: list[InputError] = field(default_factory=list)
+
+
+def _pick(record: dict, names: tuple[str, ...]) -> tuple[str, object] | None:
+    for name in names:
+        if name in record:
+            return name, record[name]
+    return None
+
+
+def _text(record: dict, canonical: str, aliases: dict, where: dict, required: bool) -> str | None:
+    found = _pick(record, aliases[canonical])
+    if found is None:
+        if required:
+            raise InputError(f"missing (expected a non-empty string; also read as {', '.join(aliases[canonical][1:])})",
+                             field=canonical, **where)
+        return None
+    name, value = found
+    if isinstance(value, list) and canonical == "target" and len(value) == 1:
+        value = value[0]
+    if isinstance(value, (int,)) and not isinstance(value, bool) and canonical == "target":
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise InputError("expected a non-empty string", field=name, **where)
+    return value
+
+
+def _rephrases(record: dict, where: dict) -> tuple[str, ...]:
+    found = _pick(record, EDIT_ALIASES["rephrases"])
+    if found is None:
+        return ()
+    name, value = found
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise InputError("expected a list of non-empty strings", field=name, **where)
+    return tuple(value)
+
+
+def _optional_scalar(record: dict, name: str, where: dict) -> str | None:
+    if name not in record or record[name] is None:
+        return None
+    value = record[name]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, str) and not value.strip()):
+        raise InputError("expected a non-empty string or an integer", field=name, **where)
+    return str(value)
+
+
+def parse_edit(record: object, where: dict) -> Edit:
+    if not isinstance(record, dict):
+        raise InputError(f"expected a JSON object, got {type(record).__name__}", **where)
+    return Edit(
+        input=_text(record, "input", EDIT_ALIASES, where, required=True),
+        target=_text(record, "target", EDIT_ALIASES, where, required=True),
+        rephrases=_rephrases(record, where),
+        id=_optional_scalar(record, "id", where) if "id" in record else _optional_scalar(record, "case_id", where),
+        batch=_optional_scalar(record, "batch", where),
+        line=where["line"],
+    )
+
+
+def parse_holdout(record: object, where: dict) -> Holdout:
+    if not isinstance(record, dict):
+        raise InputError(f"expected a JSON object, got {type(record).__name__}", **where)
+    return Holdout(_text(record, "input", HOLDOUT_ALIASES, where, required=True),
+                   _text(record, "target", HOLDOUT_ALIASES, where, required=False), where["line"])
+
+
+def _records(path: Path) -> list[tuple[int, object | InputError]]:
+    """(line number, parsed JSON value or the error of that line) for each non-blank line."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError("no such file", file=path) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, expected a JSONL file", file=path) from None
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", file=path) from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise InputError("starts with a UTF-8 byte-order mark; save it as plain UTF-8", file=path, line=1)
+    out = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        where = {"file": path, "line": number}
+        if len(line) > MAX_LINE_BYTES:
+            out.append((number, InputError(f"line is {len(line)} bytes, over the {MAX_LINE_BYTES}-byte limit", **where)))
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            out.append((number, InputError(f"not valid UTF-8 (byte {exc.start + 1})", **where)))
+            continue
+        if not text.strip():
+            continue
+        try:
+            out.append((number, json.loads(text)))
+        except json.JSONDecodeError as exc:
+            out.append((number, InputError(f"malformed JSON: {exc.msg} at column {exc.colno}", **where)))
+        except RecursionError:
+            out.append((number, InputError("malformed JSON: nested too deeply", **where)))
+    if not out:
+        raise InputError("is empty: expected one JSON object per line", file=path)
+    return out
+
+
+def _read(path: str | Path, parse: Callable, skip_invalid: bool, report: ReadReport | None) -> list:
+    path = Path(path)
+    items = []
+    for number, value in _records(path):
+        where = {"file": path, "line": number}
+        try:
+            if isinstance(value, InputError):
+                raise value
+            items.append(parse(value, where))
+        except InputError as exc:
+            if not skip_invalid:
+                raise
+            if report is not None:
+                report.skipped.append(exc)
+    if not items:
+        raise InputError("has no valid line", file=path)
+    return items
+
+
+def read_edits(path: str | Path, skip_invalid: bool = False, report: ReadReport | None = None,
+               label_check: Callable[[str], object] | None = None) -> list[Edit]:
+    """Valid edits of a JSONL file; the first bad line raises InputError (or is skipped and reported).
+
+    `label_check` (for classifiers) raises InputError for a target the model cannot produce.
+    """
+    def parse(value, where):
+        edit = parse_edit(value, where)
+        if label_check is not None:
+            try:
+                label_check(edit.target)
+            except InputError as exc:
+                raise InputError(exc.reason, field="target", **where) from None
+        return edit
+
+    edits = _read(path, parse, skip_invalid, report)
+    seen: dict[str, int] = {}
+    kept = []
+    for edit in edits:
+        if edit.id is not None and edit.id in seen:
+            error = InputError(f"duplicate id {edit.id!r} (first on line {seen[edit.id]})", file=Path(path),
+                               line=edit.line, field="id")
+            if not skip_invalid:
+                raise error
+            if report is not None:
+                report.skipped.append(error)
+            continue
+        if edit.id is not None:
+            seen[edit.id] = edit.line
+        kept.append(edit)
+    return kept
+
+
+def read_holdout(path: str | Path, skip_invalid: bool = False, report: ReadReport | None = None) -> list[Holdout]:
+    return _read(path, parse_holdout, skip_invalid, report)
+
+
+def batches(edits: list[Edit], batch_size: int) -> list[list[int]]:
+    """Group edit positions into batches, in order of first appearance.
+
+    Edits with a `batch` field go to that batch; the others are cut into consecutive groups of
+    `batch_size`.
+    """
+    if batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+    groups: dict[str, list[int]] = {}
+    auto = 0
+    for i, edit in enumerate(edits):
+        if edit.batch is not None:
+            groups.setdefault(f"b:{edit.batch}", []).append(i)
+            continue
+        key = f"auto:{auto}"
+        groups.setdefault(key, []).append(i)
+        if len(groups[key]) == batch_size:
+            auto += 1
+    return list(groups.values())

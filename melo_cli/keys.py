@@ -1,0 +1,38 @@
+"""Keys: one vector per input, pooled from the hidden states of a layer below every LoRA layer.
+
+Pooling uses only the positions the key mask marks (the input's real tokens), so a key does not
+depend on padding side or amount. Because the key layer sits below the LoRA layers, keys never
+depend on edits: the router sees the base model only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+POOLINGS = ("mean", "last")
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(batch, seq, dim) hidden states, (batch, seq) 0/1 mask -> (batch, dim) float32 keys."""
+    hidden = hidden.float()
+    mask = mask.to(hidden.device)
+    if pooling == "mean":
+        weights = mask.float().unsqueeze(-1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    if pooling == "last":
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = torch.where(mask.bool(), positions, torch.full_like(positions, -1)).max(1).values.clamp(min=0)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown key pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+
+
+def hidden_of(output) -> torch.Tensor:
+    """The hidden-state tensor of a transformer block's output (a tensor, or a tuple starting with one)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    hidden = getattr(output, "last_hidden_state", None)
+    if isinstance(hidden, torch.Tensor):
+        return hidden
+    raise TypeError(f"cannot find hidden states in a {type(output).__name__} output of the key layer")

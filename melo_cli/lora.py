@@ -1,0 +1,115 @@
+"""BlockLoRA: one LoRA module per layer whose ranks are split into blocks, one block per edit batch.
+
+The ranks of the module are a pool of blocks of `rank_per_block` ranks each; block k is
+A_k (r x in) and B_k (out x r). A row routed to block k gets W x + scale * B_k A_k x; a row routed
+to no block gets exactly W x (its output is not touched at all). This is the MELO paper's
+neuron-indexed mask over one large rank, computed by gathering the active block rather than by
+multiplying with a 0/1 mask, so the cost per row does not grow with the number of blocks.
+
+Frozen blocks live in buffers (never in an optimizer). The block being trained is a pair of
+parameters kept apart until `commit_block` copies it into the pool, so earlier blocks stay
+bit-identical by construction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .routes import NO_BLOCK, Routes
+
+
+def linear_dims(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an nn.Linear or a GPT-2 style Conv1D (weight is in x out)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D":
+        fan_in, fan_out = module.weight.shape
+        return int(fan_in), int(fan_out)
+    raise TypeError(f"cannot put LoRA on {type(module).__name__}: only Linear and Conv1D layers")
+
+
+def is_lora_target(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+class BlockLoRA(nn.Module):
+    """Wraps a Linear/Conv1D layer; adds the LoRA block chosen for each row by `routes`."""
+
+    def __init__(self, base: nn.Module, routes: Routes, rank_per_block: int, alpha: float | None = None):
+        super().__init__()
+        self.base = base
+        self.routes = routes
+        self.in_features, self.out_features = linear_dims(base)
+        self.rank = rank_per_block
+        self.scale = (alpha if alpha is not None else 2.0 * rank_per_block) / rank_per_block
+        device = base.weight.device  # LoRA is kept in float32 whatever the base dtype: it is tiny
+        self.register_buffer("lora_A", torch.zeros(0, rank_per_block, self.in_features, device=device))
+        self.register_buffer("lora_B", torch.zeros(0, self.out_features, rank_per_block, device=device))
+        self.train_A: nn.Parameter | None = None
+        self.train_B: nn.Parameter | None = None
+        self.train_block: int | None = None
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.lora_A.shape[0])
+
+    def ensure_blocks(self, n: int) -> None:
+        """Grow the pool to hold at least n blocks (new blocks are zero: no effect until trained)."""
+        if n <= self.n_blocks:
+            return
+        grow = n - self.n_blocks
+        self.lora_A = torch.cat([self.lora_A, self.lora_A.new_zeros(grow, *self.lora_A.shape[1:])])
+        self.lora_B = torch.cat([self.lora_B, self.lora_B.new_zeros(grow, *self.lora_B.shape[1:])])
+
+    def start_block(self, block: int, generator: torch.Generator | None = None) -> list[nn.Parameter]:
+        """Open block `block` for training: A random (kaiming), B zero, so it starts as a no-op."""
+        self.ensure_blocks(block + 1)
+        a = torch.empty(self.rank, self.in_features, dtype=torch.float32)
+        bound = 1.0 / math.sqrt(self.in_features)
+        a.uniform_(-bound, bound, generator=generator)
+        self.train_A = nn.Parameter(a.to(self.lora_A.device, self.lora_A.dtype))
+        self.train_B = nn.Parameter(torch.zeros_like(self.lora_B[0]))
+        self.train_block = block
+        return [self.train_A, self.train_B]
+
+    @torch.no_grad()
+    def commit_block(self) -> None:
+        """Copy the trained block into the pool and freeze it."""
+        if self.train_block is None:
+            return
+        self.lora_A[self.train_block] = self.train_A.detach()
+        self.lora_B[self.train_block] = self.train_B.detach()
+        self.train_A = self.train_B = None
+        self.train_block = None
+
+    def _weights_for(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (n, r, in) and B (n, out, r) for the given block ids (all >= 0)."""
+        a, b = self.lora_A[ids], self.lora_B[ids]
+        if self.train_block is not None:
+            training = (ids == self.train_block).view(-1, 1, 1)
+            a = torch.where(training, self.train_A.unsqueeze(0), a)
+            b = torch.where(training, self.train_B.unsqueeze(0), b)
+        return a, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        block_ids = self.routes.block_ids()
+        if block_ids is None:
+            return out
+        if block_ids.shape[0] != x.shape[0]:
+            raise RuntimeError(f"route has {block_ids.shape[0]} rows but the layer input has {x.shape[0]}")
+        rows = torch.nonzero(block_ids != NO_BLOCK).flatten()
+        if rows.numel() == 0:
+            return out
+        a, b = self._weights_for(block_ids[rows])
+        xr = x[rows].to(a.dtype)
+        squeeze = xr.dim() == 2
+        if squeeze:
+            xr = xr.unsqueeze(1)
+        delta = torch.bmm(torch.bmm(xr, a.transpose(1, 2)), b.transpose(1, 2)) * self.scale
+        if squeeze:
+            delta = delta.squeeze(1)
+        return out.index_add(0, rows, delta.to(out.dtype))

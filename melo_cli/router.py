@@ -1,0 +1,240 @@
+"""The router, MELO's inner vector database: edit clusters with a radius, searched with hnswlib.
+
+A cluster has a centre, a radius, a label (the target it teaches) and the LoRA block that holds
+its edit. Keys of new edits are added with three rules (after GRACE and MELO), against the
+nearest cluster at distance d:
+- d > r + r0: a new cluster of radius r0 (the init radius);
+- same label: the key joins; the centre becomes the mean of the members and the radius grows to
+  cover every member (at least r0);
+- different label: a new cluster, and both radii shrink to just under d/2 so they do not overlap.
+An input routes to the nearest cluster when its key lies within that cluster's radius, else to
+no block (the base model).
+
+The centres live in an hnswlib index; everything else is in plain arrays saved with safetensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+from .routes import NO_BLOCK
+
+METRICS = ("euclidean", "cosine")
+SHRINK = 0.999
+"""Split radii are set to SHRINK * d / 2: just under half the distance, so two clusters never touch."""
+
+
+@dataclass
+class Route:
+    """Where one key goes: the nearest cluster and whether it is inside that cluster's radius."""
+
+    cluster: int | None
+    distance: float | None
+    block: int
+
+    @property
+    def routed(self) -> bool:
+        return self.block != NO_BLOCK
+
+
+@dataclass
+class AddResult:
+    """What adding one key did: which cluster now holds it and which rule fired."""
+
+    cluster: int
+    rule: str  # "new", "join" or "split"
+    reassigned: bool = False  # the key joined a cluster of an earlier block, now moved to this one
+
+
+def distance(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """Distances between rows of a (n, d) and one vector b (d,), in the router's metric."""
+    if metric == "euclidean":
+        return np.linalg.norm(a - b, axis=-1)
+    if metric == "cosine":
+        na = np.linalg.norm(a, axis=-1).clip(min=1e-12)
+        nb = max(float(np.linalg.norm(b)), 1e-12)
+        return 1.0 - (a @ b) / (na * nb)
+    raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+
+
+class Router:
+    """Clusters of edit keys, their radii and blocks, and the hnswlib index over their centres."""
+
+    def __init__(self, dim: int, metric: str = "euclidean", init_radius: float = 1.0,
+                 ef: int = 64, M: int = 16):
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        self.dim, self.metric, self.init_radius = dim, metric, float(init_radius)
+        self.ef, self.M = ef, M
+        self.centres = np.zeros((0, dim), np.float32)
+        self.radii = np.zeros(0, np.float32)
+        self.blocks = np.zeros(0, np.int64)
+        self.labels: list[str] = []
+        self.member_keys = np.zeros((0, dim), np.float32)
+        self.member_cluster = np.zeros(0, np.int64)
+        self.member_edit = np.zeros(0, np.int64)
+        self.index = self._new_index(16)
+
+    # -- the hnswlib index ------------------------------------------------------------------
+    def _new_index(self, capacity: int) -> hnswlib.Index:
+        index = hnswlib.Index(space="l2" if self.metric == "euclidean" else "cosine", dim=self.dim)
+        index.init_index(max_elements=capacity, ef_construction=200, M=self.M, random_seed=0)
+        index.set_ef(self.ef)
+        index.set_num_threads(1)
+        return index
+
+    def _index_put(self, cluster: int) -> None:
+        if cluster >= self.index.get_max_elements():
+            self.index.resize_index(max(2 * self.index.get_max_elements(), cluster + 1))
+        self.index.add_items(self.centres[cluster:cluster + 1], np.array([cluster]))
+
+    def _from_index(self, raw: np.ndarray) -> np.ndarray:
+        """hnswlib's l2 space returns squared distances; cosine returns 1 - cos already."""
+        return np.sqrt(np.maximum(raw, 0.0)) if self.metric == "euclidean" else raw
+
+    def nearest(self, keys: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(clusters, distances), each (n, k); empty router -> (n, 0) arrays."""
+        keys = np.ascontiguousarray(keys, dtype=np.float32).reshape(-1, self.dim)
+        k = min(k, len(self))
+        if k == 0:
+            return np.zeros((len(keys), 0), np.int64), np.zeros((len(keys), 0), np.float32)
+        self.index.set_ef(max(self.ef, k))
+        labels, raw = self.index.knn_query(keys, k=k)
+        return labels.astype(np.int64), self._from_index(raw)
+
+    # -- the cluster rules ------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _new_cluster(self, key: np.ndarray, label: str, block: int, radius: float) -> int:
+        cluster = len(self)
+        self.centres = np.vstack([self.centres, key[None]])
+        self.radii = np.append(self.radii, np.float32(radius))
+        self.blocks = np.append(self.blocks, np.int64(block))
+        self.labels.append(label)
+        self._index_put(cluster)
+        return cluster
+
+    def _add_member(self, key: np.ndarray, cluster: int, edit: int) -> None:
+        self.member_keys = np.vstack([self.member_keys, key[None]])
+        self.member_cluster = np.append(self.member_cluster, np.int64(cluster))
+        self.member_edit = np.append(self.member_edit, np.int64(edit))
+
+    def add(self, key: np.ndarray, label: str, block: int, edit: int) -> AddResult:
+        """Add the key of edit `edit` (label = its target) trained into `block`."""
+        key = np.asarray(key, np.float32).reshape(self.dim)
+        r0 = self.init_radius
+        clusters, dists = self.nearest(key, 1)
+        if clusters.shape[1] == 0 or dists[0, 0] > self.radii[clusters[0, 0]] + r0:
+            cluster = self._new_cluster(key, label, block, r0)
+            self._add_member(key, cluster, edit)
+            return AddResult(cluster, "new")
+        near, d = int(clusters[0, 0]), float(dists[0, 0])
+        if self.labels[near] == label:
+            self._add_member(key, near, edit)
+            members = self.member_keys[self.member_cluster == near]
+            self.centres[near] = members.mean(0) if self.metric == "euclidean" else _mean_direction(members)
+            self.radii[near] = max(r0, float(distance(members, self.centres[near], self.metric).max()))
+            reassigned = int(self.blocks[near]) != block
+            self.blocks[near] = block
+            self._index_put(near)
+            return AddResult(near, "join", reassigned)
+        half = SHRINK * d / 2.0
+        self.radii[near] = min(float(self.radii[near]), half)
+        new_radius = min(r0, half)
+        for member in self._detach_outside(near):
+            new_radius = min(new_radius, SHRINK * float(distance(self.member_keys[member][None], key, self.metric)[0]) / 2)
+        cluster = self._new_cluster(key, label, block, new_radius)
+        self._add_member(key, cluster, edit)
+        return AddResult(cluster, "split")
+
+    def _detach_outside(self, cluster: int) -> list[int]:
+        """Members left outside a shrunken cluster become singleton clusters (same label and block).
+
+        Their key is then a centre, so the edit still routes to the block that learned it.
+        Returns the member positions that moved.
+        """
+        members = np.flatnonzero(self.member_cluster == cluster)
+        dists = distance(self.member_keys[members], self.centres[cluster], self.metric)
+        moved = [int(m) for m, dm in zip(members, dists) if dm > self.radii[cluster]]
+        for m in moved:
+            radius = min(float(self.radii[cluster]), self.init_radius)
+            self.member_cluster[m] = self._new_cluster(self.member_keys[m], self.labels[cluster],
+                                                       int(self.blocks[cluster]), radius)
+        return moved
+
+    def route(self, keys: np.ndarray) -> list[Route]:
+        """For each key: the nearest cluster's block when inside its radius, else no block."""
+        clusters, dists = self.nearest(keys, 1)
+        routes = []
+        for row in range(len(clusters)):
+            if clusters.shape[1] == 0:
+                routes.append(Route(None, None, NO_BLOCK))
+                continue
+            c, d = int(clusters[row, 0]), float(dists[row, 0])
+            inside = d <= float(self.radii[c])
+            routes.append(Route(c, d, int(self.blocks[c]) if inside else NO_BLOCK))
+        return routes
+
+    def members_of(self, cluster: int) -> np.ndarray:
+        """Edit numbers of the members of a cluster."""
+        return self.member_edit[self.member_cluster == cluster]
+
+    # -- persistence ------------------------------------------------------------------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything but the index, as arrays for safetensors."""
+        return {
+            "centres": self.centres, "radii": self.radii, "blocks": self.blocks,
+            "member_keys": self.member_keys, "member_cluster": self.member_cluster,
+            "member_edit": self.member_edit,
+        }
+
+    def save_index(self, path: Path) -> None:
+        self.index.save_index(str(path))
+
+    @classmethod
+    def restore(cls, arrays: dict[str, np.ndarray], labels: list[str], index_path: Path,
+                metric: str, init_radius: float) -> "Router":
+        """Rebuild a router from its saved arrays and the hnswlib index file."""
+        centres = arrays["centres"].astype(np.float32)
+        router = cls(centres.shape[1], metric, init_radius)
+        router.centres, router.radii = centres, arrays["radii"].astype(np.float32)
+        router.blocks = arrays["blocks"].astype(np.int64)
+        router.member_keys = arrays["member_keys"].astype(np.float32)
+        router.member_cluster = arrays["member_cluster"].astype(np.int64)
+        router.member_edit = arrays["member_edit"].astype(np.int64)
+        router.labels = list(labels)
+        index = hnswlib.Index(space="l2" if metric == "euclidean" else "cosine", dim=router.dim)
+        index.load_index(str(index_path), max_elements=max(16, len(router.labels)))
+        index.set_ef(router.ef)
+        index.set_num_threads(1)
+        router.index = index
+        return router
+
+
+def _mean_direction(keys: np.ndarray) -> np.ndarray:
+    """Centre of a cosine cluster: the mean of the unit vectors."""
+    unit = keys / np.linalg.norm(keys, axis=1, keepdims=True).clip(min=1e-12)
+    return unit.mean(0).astype(np.float32)
+
+
+def auto_radius(keys: np.ndarray, metric: str, fraction: float = 0.5) -> float:
+    """A starting radius from the keys themselves: `fraction` of the median nearest-neighbour distance.
+
+    Key scales differ by model and layer by orders of magnitude, so no fixed number serves every
+    model; half the typical gap between two distinct edits keeps new clusters from swallowing
+    their neighbours while still covering close rewordings.
+    """
+    keys = np.asarray(keys, np.float32)
+    if len(keys) < 2:
+        scale = float(np.linalg.norm(keys, axis=-1).mean()) if len(keys) else 1.0
+        return 0.1 * scale if metric == "euclidean" else 0.05
+    gaps = np.array([np.sort(distance(np.delete(keys, i, 0), keys[i], metric))[0] for i in range(len(keys))])
+    gaps = gaps[gaps > 1e-6]
+    if len(gaps) == 0:
+        return 0.1 * float(np.linalg.norm(keys, axis=-1).mean()) if metric == "euclidean" else 0.05
+    return float(fraction * np.median(gaps))

@@ -1,0 +1,215 @@
+"""The two journeys through melo: edit (edits -> trained bundle) and apply (bundle -> edited model).
+
+The CLI parses options and prints; this module does the work in the order that keeps failures
+cheap: validate input, then load the model, then train, then write atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import backbones, bundle as bundle_io, editor
+from .backbones import Backbone
+from .config import MeloConfig
+from .edited import EditedModel
+from .edits import Edit, ReadReport, batches, read_edits
+from .errors import BundleError, InputError
+from .keys import POOLINGS
+from .router import METRICS
+
+log = logging.getLogger("melo")
+
+
+@dataclass
+class EditOptions:
+    """What `melo edit` was asked for; None means the default (or the continued bundle's value)."""
+
+    task: str = "auto"
+    lora_layers: list[str] | None = None
+    key_layer: str | None = None
+    rank_per_block: int = 4
+    alpha: float | None = None
+    key_pooling: str = "mean"
+    metric: str = "euclidean"
+    init_radius: str = "auto"
+    lr: float = 1e-2
+    max_steps: int = 100
+    loss_threshold: float = 0.05
+    batch_size: int = 5
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    skip_invalid: bool = False
+    force_base: bool = False
+    trust_remote_code: bool = False
+    overwrite: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _check_options(opts: EditOptions) -> None:
+    if opts.key_pooling not in POOLINGS:
+        raise InputError(f"--key-pooling {opts.key_pooling!r}: choose one of {', '.join(POOLINGS)}")
+    if opts.metric not in METRICS:
+        raise InputError(f"--metric {opts.metric!r}: choose one of {', '.join(METRICS)}")
+    if opts.rank_per_block < 1:
+        raise InputError("--rank-per-block must be at least 1")
+    if opts.max_steps < 0 or opts.lr <= 0:
+        raise InputError("--max-steps must be >= 0 and --lr > 0")
+    if opts.init_radius != "auto":
+        try:
+            if float(opts.init_radius) <= 0:
+                raise ValueError
+        except ValueError:
+            raise InputError(f"--init-radius {opts.init_radius!r}: expected 'auto' or a positive number") from None
+
+
+def new_config(backbone: Backbone, opts: EditOptions) -> MeloConfig:
+    """The settings of a new bundle: defaults found from the model's structure, then the user's choices."""
+    model = backbone.model
+    if opts.lora_layers:
+        lora_layers = backbones.resolve_lora_layers(model, opts.lora_layers)
+    else:
+        lora_layers = backbones.default_lora_layers(model, backbone.task)
+    key_layer = opts.key_layer or backbones.default_key_layer(model, lora_layers)
+    backbones.check_key_below(model, key_layer, lora_layers)
+    return MeloConfig(
+        task=backbone.task, lora_layers=lora_layers, key_layer=key_layer,
+        rank_per_block=opts.rank_per_block,
+        alpha=float(opts.alpha) if opts.alpha is not None else 2.0 * opts.rank_per_block,
+        key_pooling=opts.key_pooling, metric=opts.metric,
+        init_radius=0.0 if opts.init_radius == "auto" else float(opts.init_radius),
+        lr=opts.lr, max_steps=opts.max_steps, loss_threshold=opts.loss_threshold, seed=opts.seed,
+    )
+
+
+def base_info(backbone: Backbone, dtype: str) -> dict:
+    config = backbone.model.config
+    return {"name": backbone.source, "fingerprint": backbones.fingerprint(backbone.model), "task": backbone.task,
+            "model_type": config.model_type, "architecture": (config.architectures or [type(backbone.model).__name__])[0],
+            "dtype": dtype}
+
+
+def check_base(backbone: Backbone, manifest: dict, force: bool) -> None:
+    expected = manifest["base_model"].get("fingerprint")
+    actual = backbones.fingerprint(backbone.model)
+    if actual != expected:
+        message = (f"base model {backbone.source!r} is not the model this bundle was made for "
+                   f"({manifest['base_model'].get('name')!r}, fingerprint {str(expected)[:12]}, got {actual[:12]})")
+        if not force:
+            raise BundleError(message + "; pass --force-base to apply it anyway")
+        log.warning("%s; applying anyway (--force-base)", message)
+
+
+def open_bundle(path: str | Path, *, base: str | None = None, device: str = "auto", dtype: str = "auto",
+                force_base: bool = False, trust_remote_code: bool = False) -> tuple[bundle_io.Bundle, EditedModel]:
+    """Load a bundle, its base model (checked against the fingerprint) and attach the edits."""
+    loaded = bundle_io.load(path)
+    source = base or loaded.base["name"]
+    if dtype == "auto":
+        dtype = loaded.base.get("dtype", "auto")
+    backbone = backbones.load(source, loaded.config.task, device, dtype, trust_remote_code)
+    check_base(backbone, loaded.manifest, force_base)
+    edited = EditedModel(backbone, loaded.config, loaded.router)
+    try:
+        edited.load_lora_state(loaded.lora)
+    except (KeyError, ValueError) as exc:
+        raise BundleError(f"{Path(path) / bundle_io.LORA}: does not fit the model: {exc}") from None
+    return loaded, edited
+
+
+def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Path | None, opts: EditOptions,
+             on_batch: Callable[[editor.BatchReport], None] | None = None,
+             report: ReadReport | None = None) -> dict:
+    """The edit journey; returns the JSON summary."""
+    started = time.perf_counter()
+    _check_options(opts)
+    if out.exists() and not opts.overwrite and (continue_from is None or out.resolve() != continue_from.resolve()):
+        raise InputError(f"{out}: already exists; pass --overwrite to replace it")
+    if out.exists() and not (out / bundle_io.MANIFEST).exists() and any(out.iterdir()):
+        raise InputError(f"{out}: exists and is not a melo bundle; refusing to replace it")
+    new_edits = read_edits(edits_path, skip_invalid=opts.skip_invalid, report=report)
+    groups = batches(new_edits, opts.batch_size)
+
+    previous = None
+    if continue_from is not None:
+        previous = bundle_io.load(continue_from)
+        base = base or previous.base["name"]
+    if base is None:
+        raise InputError("no base model: name one, or continue a bundle with --bundle")
+    dtype = opts.dtype if opts.dtype != "auto" or previous is None else previous.base.get("dtype", "auto")
+    task = previous.config.task if previous is not None else opts.task
+    backbone = backbones.load(base, task, opts.device, dtype, opts.trust_remote_code)
+    if backbone.task == "classification":
+        from .tasks import label_id
+        for edit in new_edits:
+            try:
+                label_id(backbone.model.config, edit.target)
+            except InputError as exc:
+                raise InputError(exc.reason, file=edits_path, line=edit.line, field="target") from None
+
+    info = base_info(backbone, dtype) if previous is None else previous.base  # before LoRA is attached
+    if previous is not None:
+        check_base(backbone, previous.manifest, opts.force_base)
+        config = previous.config
+        edited = EditedModel(backbone, config, previous.router)
+        edited.load_lora_state(previous.lora)
+        history, records = previous.edits, list(previous.records)
+        batch_offset = previous.manifest["counts"]["batches"]
+    else:
+        config = new_config(backbone, opts)
+        edited = EditedModel(backbone, config)
+        history, records, batch_offset = [], [], 0
+
+    reports = editor.run(edited, history, new_edits, groups, on_batch)
+    for report_, group in zip(reports, groups):
+        for position in group:
+            edit = new_edits[position]
+            records.append(edit.to_json(batch=edit.batch if edit.batch is not None else str(batch_offset + report_.batch),
+                                        block=report_.block))
+    lost = editor.unreachable(edited, new_edits, list(range(len(history), len(history) + len(new_edits))))
+    if lost:
+        log.warning("%d edit(s) no longer route to their block after later edits split their clusters: %s",
+                    len(lost), ", ".join(str(n) for n in lost[:10]))
+    counts = {"edits": len(records), "batches": batch_offset + len(groups), "blocks": edited.n_blocks,
+              "clusters": len(edited.router)}
+    tmp = bundle_io.temp_dir_for(out)
+    try:
+        bundle_io.write_files(tmp, config=config, lora=edited.lora_state(), router=edited.router,
+                              records=records, base=info, counts=counts)
+        bundle_io.publish(tmp, out)
+    except BaseException:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {
+        "bundle": str(out), "base_model": info["name"], "task": config.task,
+        "edits": len(new_edits), "total_edits": len(records), "batches": len(groups),
+        "clusters": len(edited.router), "blocks": edited.n_blocks, "init_radius": config.init_radius,
+        "steps_per_batch": [r.steps for r in reports], "converged_batches": sum(r.converged for r in reports),
+        "unrouted_edits": len(lost), "skipped_lines": len(report.skipped) if report else 0,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def bare_model(source: str, *, task: str = "auto", device: str = "auto", dtype: str = "auto",
+               trust_remote_code: bool = False) -> EditedModel:
+    """The base model alone, behind the same interface as an edited one (no LoRA, no router)."""
+    backbone = backbones.load(source, task, device, dtype, trust_remote_code)
+    model = backbone.model
+    lora_layers = backbones.default_lora_layers(model, backbone.task)
+    config = MeloConfig(task=backbone.task, lora_layers=[], key_layer=backbones.default_key_layer(model, lora_layers))
+    return EditedModel(backbone, config)
+
+
+def plan(source: str, task: str = "auto") -> dict:
+    """What `melo edit` would choose for this model, without editing."""
+    backbone = backbones.load(source, task, "cpu", "auto")
+    model = backbone.model
+    lora_layers = backbones.default_lora_layers(model, backbone.task)
+    return {"model": source, "task": backbone.task,
+            "stacks": [{"name": name, "blocks": len(stack)} for name, stack in backbones.block_stacks(model)],
+            "lora_layers": lora_layers, "key_layer": backbones.default_key_layer(model, lora_layers)}
