@@ -114,7 +114,8 @@ def edit(
         def on_batch(r) -> None:
             progress.update(bar, advance=1, note=f"block {r.block}: {r.steps} steps, loss {r.loss:.3f}")
 
-        summary = workflow.run_edit(base, edits, out, continue_from=bundle, opts=opts, on_batch=on_batch, report=report)
+        summary = workflow.run_edit(base, edits, out, continue_from=bundle, opts=opts, on_batch=on_batch,
+                                     report=report).summary
     for error in report.skipped:
         print(f"melo: skipped: {error}", file=sys.stderr)
     emit_json(summary)

@@ -146,26 +146,39 @@ class Router:
         half = SHRINK * d / 2.0
         self.radii[near] = min(float(self.radii[near]), half)
         new_radius = min(r0, half)
-        for member in self._detach_outside(near):
-            new_radius = min(new_radius, SHRINK * float(distance(self.member_keys[member][None], key, self.metric)[0]) / 2)
+        for cluster in self._detach_outside(near, key):
+            new_radius = min(new_radius, SHRINK * float(distance(self.centres[cluster][None], key, self.metric)[0]) / 2)
         cluster = self._new_cluster(key, label, block, new_radius)
         self._add_member(key, cluster, edit)
         return AddResult(cluster, "split")
 
-    def _detach_outside(self, cluster: int) -> list[int]:
-        """Members left outside a shrunken cluster become singleton clusters (same label and block).
+    def _detach_outside(self, cluster: int, key: np.ndarray) -> list[int]:
+        """Members left outside a shrunken cluster become clusters of their own (same label and block).
 
-        Their key is then a centre, so the edit still routes to the block that learned it.
-        Returns the member positions that moved.
+        Their key is then a centre, so the edit still routes to the block that learned it. If no
+        member is left inside, the cluster itself is re-centred on its first member rather than
+        left covering an empty region. Each such cluster keeps clear of `key`, the key causing the
+        split. Returns the clusters whose centre moved or was created.
         """
         members = np.flatnonzero(self.member_cluster == cluster)
         dists = distance(self.member_keys[members], self.centres[cluster], self.metric)
-        moved = [int(m) for m, dm in zip(members, dists) if dm > self.radii[cluster]]
-        for m in moved:
-            radius = min(float(self.radii[cluster]), self.init_radius)
+        outside = [int(m) for m, dm in zip(members, dists) if dm > self.radii[cluster]]
+        if not outside:
+            return []
+        changed = []
+        if len(outside) == len(members):
+            first = outside.pop(0)
+            self.centres[cluster] = self.member_keys[first]
+            self._index_put(cluster)
+            changed.append(cluster)
+        for m in outside:
             self.member_cluster[m] = self._new_cluster(self.member_keys[m], self.labels[cluster],
-                                                       int(self.blocks[cluster]), radius)
-        return moved
+                                                       int(self.blocks[cluster]), self.init_radius)
+            changed.append(int(self.member_cluster[m]))
+        for c in changed:
+            gap = SHRINK * float(distance(self.centres[c][None], key, self.metric)[0]) / 2
+            self.radii[c] = min(float(self.radii[c]), self.init_radius, gap)
+        return changed
 
     def route(self, keys: np.ndarray) -> list[Route]:
         """For each key: the nearest cluster's block when inside its radius, else no block."""
@@ -230,11 +243,12 @@ def auto_radius(keys: np.ndarray, metric: str, fraction: float = 0.5) -> float:
     their neighbours while still covering close rewordings.
     """
     keys = np.asarray(keys, np.float32)
-    if len(keys) < 2:
-        scale = float(np.linalg.norm(keys, axis=-1).mean()) if len(keys) else 1.0
-        return 0.1 * scale if metric == "euclidean" else 0.05
-    gaps = np.array([np.sort(distance(np.delete(keys, i, 0), keys[i], metric))[0] for i in range(len(keys))])
+    gaps = np.array([np.sort(distance(np.delete(keys, i, 0), keys[i], metric))[0] for i in range(len(keys))]
+                    if len(keys) > 1 else [])
     gaps = gaps[gaps > 1e-6]
-    if len(gaps) == 0:
-        return 0.1 * float(np.linalg.norm(keys, axis=-1).mean()) if metric == "euclidean" else 0.05
-    return float(fraction * np.median(gaps))
+    if len(gaps):
+        return float(fraction * np.median(gaps))
+    if metric == "cosine":
+        return 0.05
+    scale = float(np.linalg.norm(keys, axis=-1).mean()) if len(keys) else 0.0
+    return 0.1 * scale if scale > 0 else 1.0

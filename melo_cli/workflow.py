@@ -121,10 +121,18 @@ def open_bundle(path: str | Path, *, base: str | None = None, device: str = "aut
     return loaded, edited
 
 
+@dataclass
+class EditResult:
+    summary: dict
+    """What `melo edit` prints."""
+    edited: EditedModel
+    """The model as trained in this process (what the bundle on disk must reproduce)."""
+
+
 def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Path | None, opts: EditOptions,
              on_batch: Callable[[editor.BatchReport], None] | None = None,
-             report: ReadReport | None = None) -> dict:
-    """The edit journey; returns the JSON summary."""
+             report: ReadReport | None = None) -> EditResult:
+    """The edit journey: validate, load, train, write atomically."""
     started = time.perf_counter()
     _check_options(opts)
     if out.exists() and not opts.overwrite and (continue_from is None or out.resolve() != continue_from.resolve()):
@@ -185,14 +193,14 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {
+    return EditResult({
         "bundle": str(out), "base_model": info["name"], "task": config.task,
         "edits": len(new_edits), "total_edits": len(records), "batches": len(groups),
         "clusters": len(edited.router), "blocks": edited.n_blocks, "init_radius": config.init_radius,
         "steps_per_batch": [r.steps for r in reports], "converged_batches": sum(r.converged for r in reports),
         "unrouted_edits": len(lost), "skipped_lines": len(report.skipped) if report else 0,
         "seconds": round(time.perf_counter() - started, 3),
-    }
+    }, edited)
 
 
 def bare_model(source: str, *, task: str = "auto", device: str = "auto", dtype: str = "auto",

@@ -1,0 +1,129 @@
+"""The rank-block mask: only the routed block changes a row, and only that block gets gradients."""
+
+import pytest
+import torch
+from torch import nn
+
+from melo_cli.lora import BlockLoRA, linear_dims
+from melo_cli.routes import NO_BLOCK, Routes
+
+
+def make_layer(n_blocks=3, rank=2, seed=0):
+    torch.manual_seed(seed)
+    base = nn.Linear(6, 5)
+    routes = Routes()
+    layer = BlockLoRA(base, routes, rank_per_block=rank, alpha=4.0)
+    layer.ensure_blocks(n_blocks)
+    layer.lora_A = torch.randn_like(layer.lora_A)
+    layer.lora_B = torch.randn_like(layer.lora_B)
+    return layer, routes
+
+
+def test_rows_without_a_route_are_exactly_the_base_output():
+    layer, routes = make_layer()
+    x = torch.randn(4, 7, 6)
+    with routes.fixed(torch.tensor([NO_BLOCK, 1, NO_BLOCK, 2])):
+        out = layer(x)
+    base = layer.base(x)
+    assert torch.equal(out[0], base[0]) and torch.equal(out[2], base[2])
+    assert not torch.allclose(out[1], base[1]) and not torch.allclose(out[3], base[3])
+
+
+def test_no_scope_means_base_model():
+    layer, _ = make_layer()
+    x = torch.randn(2, 3, 6)
+    assert torch.equal(layer(x), layer.base(x))
+
+
+def test_a_row_uses_exactly_its_block():
+    layer, routes = make_layer()
+    x = torch.randn(2, 3, 6)
+    with routes.fixed(torch.tensor([1, 1])):
+        out = layer(x)
+    a, b = layer.lora_A[1], layer.lora_B[1]
+    expected = layer.base(x) + layer.scale * (x @ a.T @ b.T)
+    torch.testing.assert_close(out, expected)
+
+
+def test_changing_another_block_does_not_change_the_output():
+    layer, routes = make_layer()
+    x = torch.randn(3, 4, 6)
+    ids = torch.tensor([0, 2, NO_BLOCK])
+    with routes.fixed(ids):
+        before = layer(x)
+    layer.lora_A[1] += 10.0
+    layer.lora_B[1] -= 3.0
+    with routes.fixed(ids):
+        after = layer(x)
+    assert torch.equal(before, after)
+
+
+def test_gradients_are_zero_outside_the_active_block():
+    layer, routes = make_layer(n_blocks=4)
+    pool_a = layer.lora_A.clone().requires_grad_(True)
+    pool_b = layer.lora_B.clone().requires_grad_(True)
+    layer.lora_A, layer.lora_B = pool_a, pool_b
+    x = torch.randn(2, 3, 6)
+    with routes.fixed(torch.tensor([2, NO_BLOCK])):
+        layer(x).pow(2).sum().backward()
+    for grad in (pool_a.grad, pool_b.grad):
+        assert grad[2].abs().sum() > 0
+        assert torch.count_nonzero(grad[[0, 1, 3]]) == 0
+
+
+def test_training_block_is_separate_and_commit_leaves_other_blocks_bit_identical():
+    layer, routes = make_layer(n_blocks=2)
+    frozen = layer.lora_A.clone(), layer.lora_B.clone()
+    params = layer.start_block(2, torch.Generator().manual_seed(1))
+    assert layer.n_blocks == 3 and all(p.requires_grad for p in params)
+    assert torch.count_nonzero(params[1]) == 0  # B starts at zero: the new block is a no-op
+    optimizer = torch.optim.Adam(params, lr=0.1)
+    x = torch.randn(3, 6)
+    for _ in range(3):
+        with routes.fixed(torch.tensor([2, 2, 0])):
+            loss = layer(x).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    layer.commit_block()
+    assert torch.equal(layer.lora_A[:2], frozen[0]) and torch.equal(layer.lora_B[:2], frozen[1])
+    assert torch.equal(layer.lora_A[2], params[0].detach()) and torch.count_nonzero(layer.lora_B[2]) > 0
+    assert layer.train_block is None
+
+
+def test_gpt2_conv1d_dims_follow_fan_in_fan_out():
+    from transformers.pytorch_utils import Conv1D
+
+    conv = Conv1D(nf=12, nx=5)  # weight is (in=5, out=12)
+    assert linear_dims(conv) == (5, 12)
+    routes = Routes()
+    layer = BlockLoRA(conv, routes, rank_per_block=2)
+    layer.start_block(0)
+    with torch.no_grad():
+        layer.train_B.normal_()
+    x = torch.randn(2, 3, 5)
+    with routes.fixed(torch.tensor([0, NO_BLOCK])):
+        out = layer(x)
+    assert out.shape == (2, 3, 12) and torch.equal(out[1], conv(x)[1])
+
+
+def test_routes_are_per_thread_and_per_model():
+    import threading
+
+    a, b = Routes(), Routes()
+    seen = {}
+    with a.fixed(torch.tensor([1])):
+        assert b.block_ids() is None
+        thread = threading.Thread(target=lambda: seen.setdefault("other", a.block_ids()))
+        thread.start()
+        thread.join()
+        assert a.block_ids().tolist() == [1]
+    assert seen["other"] is None and a.block_ids() is None
+
+
+def test_nested_scopes_are_refused():
+    routes = Routes()
+    with routes.fixed(torch.tensor([0])):
+        with pytest.raises(RuntimeError):
+            with routes.fixed(torch.tensor([1])):
+                pass

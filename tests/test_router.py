@@ -1,0 +1,117 @@
+"""The router's rules (new / join / split) with the radii they produce, routing, and persistence."""
+
+import numpy as np
+import pytest
+
+from melo_cli.router import SHRINK, Router, auto_radius
+from melo_cli.routes import NO_BLOCK
+
+
+def v(*xs):
+    return np.array(xs, np.float32)
+
+
+def test_far_key_makes_a_new_cluster_of_the_init_radius():
+    router = Router(2, init_radius=1.0)
+    assert router.add(v(0, 0), "A", block=0, edit=0).rule == "new"
+    result = router.add(v(5, 0), "B", block=0, edit=1)  # d = 5 > r + r0 = 2
+    assert result.rule == "new" and len(router) == 2
+    assert router.radii.tolist() == [1.0, 1.0]
+
+
+def test_same_label_joins_and_radius_covers_all_members():
+    router = Router(2, init_radius=1.0)
+    router.add(v(0, 0), "A", 0, 0)
+    result = router.add(v(1.5, 0), "A", 0, 1)  # d = 1.5 <= r + r0 = 2
+    assert result.rule == "join" and len(router) == 1
+    np.testing.assert_allclose(router.centres[0], [0.75, 0])
+    assert router.radii[0] == pytest.approx(1.0)  # max(r0, 0.75)
+    assert router.add(v(2.5, 0), "A", 0, 2).rule == "join"  # d to (0.75, 0) = 1.75 <= 1 + 1
+    np.testing.assert_allclose(router.centres[0], [4 / 3, 0], rtol=1e-6)
+    assert router.radii[0] == pytest.approx(4 / 3)  # the farthest member is 4/3 from the centre
+    assert router.add(v(5.0, 0), "A", 0, 3).rule == "new"  # d = 3.67 > r + r0 = 2.33
+
+
+def test_different_label_splits_so_the_two_clusters_do_not_overlap():
+    router = Router(2, init_radius=1.0)
+    router.add(v(0, 0), "A", 0, 0)
+    result = router.add(v(1.2, 0), "B", 1, 1)  # d = 1.2 <= 2, labels differ
+    assert result.rule == "split" and len(router) == 2
+    assert router.radii[0] == pytest.approx(SHRINK * 0.6) and router.radii[1] == pytest.approx(SHRINK * 0.6)
+    assert router.radii[0] + router.radii[1] < 1.2
+    routes = router.route(np.stack([v(0.1, 0), v(1.1, 0), v(0.6, 0)]))
+    assert [r.block for r in routes] == [0, 1, NO_BLOCK]
+
+
+def test_split_keeps_every_member_routable():
+    router = Router(1, init_radius=1.0)
+    router.add(v(0), "A", 0, 0)
+    router.add(v(1.0), "A", 0, 1)  # joins: centre 0.5, radius 1.0
+    router.add(v(1.8), "B", 1, 2)  # d = 1.3 -> radius of A shrinks to 0.65: member 1.0 stays (0.5 away)
+    router.add(v(-0.9), "C", 2, 3)  # d = 1.4 from 0.5 -> A radius 0.7, member at 0 is 0.5 away: kept
+    for key, label in [(0.0, "A"), (1.0, "A"), (1.8, "B"), (-0.9, "C")]:
+        route = router.route(v(key)[None])[0]
+        assert route.routed and router.labels[route.cluster] == label
+
+
+def test_members_left_outside_a_split_get_clusters_of_their_own():
+    router = Router(1, init_radius=2.0)
+    router.add(v(0), "A", 0, 0)
+    router.add(v(3.0), "A", 0, 1)  # joins: centre 1.5, radius 2.0 (max(r0, 1.5))
+    router.add(v(3.5), "B", 1, 2)  # d = 2 -> A's radius 0.999: both members (1.5 away) fall outside
+    assert len(router) == 3  # the A cluster moved onto member 0, member 1 got its own, B is new
+    assert sorted(router.centres[:, 0].tolist()) == [0.0, 3.0, 3.5]
+    for key, label, block in [(0.0, "A", 0), (3.0, "A", 0), (3.5, "B", 1)]:
+        route = router.route(v(key)[None])[0]
+        assert route.routed and router.labels[route.cluster] == label and route.block == block
+    assert not router.route(v(1.5)[None])[0].routed  # the old, now empty, centre covers nothing
+    # no two clusters with different labels overlap
+    a, b = router.centres[:, 0], router.radii
+    for i in range(3):
+        for j in range(3):
+            if router.labels[i] != router.labels[j]:
+                assert abs(a[i] - a[j]) > b[i] + b[j]
+
+
+def test_join_across_blocks_moves_the_cluster_to_the_new_block():
+    router = Router(1, init_radius=1.0)
+    router.add(v(0), "A", 0, 0)
+    result = router.add(v(0.5), "A", 3, 7)
+    assert result.rule == "join" and result.reassigned and router.blocks[0] == 3
+    assert sorted(router.members_of(0).tolist()) == [0, 7]
+
+
+def test_routing_uses_the_radius_boundary_inclusively():
+    router = Router(1, init_radius=1.0)
+    router.add(v(0), "A", 0, 0)
+    assert router.route(v(1.0)[None])[0].routed
+    assert not router.route(v(1.01)[None])[0].routed
+    assert Router(1).route(v(0)[None])[0].block == NO_BLOCK  # empty router
+
+
+def test_cosine_metric_distances():
+    router = Router(2, metric="cosine", init_radius=0.1)
+    router.add(v(1, 0), "A", 0, 0)
+    near = router.route(v(10, 1)[None])[0]  # cos distance ~0.005
+    far = router.route(v(0, 1)[None])[0]  # distance 1
+    assert near.routed and near.distance == pytest.approx(1 - 10 / np.sqrt(101), abs=1e-5)
+    assert not far.routed
+
+
+def test_hnswlib_index_round_trip_on_disk(tmp_path):
+    rng = np.random.default_rng(0)
+    router = Router(16, init_radius=0.5)
+    keys = rng.normal(size=(300, 16)).astype(np.float32) * 5
+    for i, key in enumerate(keys):
+        router.add(key, f"label{i}", i // 10, i)  # > 16 clusters: the index is resized while growing
+    router.save_index(tmp_path / "router.hnsw")
+    again = Router.restore(router.arrays(), router.labels, tmp_path / "router.hnsw", "euclidean", 0.5)
+    probes = np.vstack([keys[:50], rng.normal(size=(50, 16)).astype(np.float32) * 5])
+    assert [(r.cluster, r.block) for r in router.route(probes)] == [(r.cluster, r.block) for r in again.route(probes)]
+    assert all(r.cluster == i and r.routed for i, r in enumerate(again.route(keys)))
+
+
+def test_auto_radius_is_half_the_median_nearest_neighbour_gap():
+    keys = np.array([[0.0], [1.0], [3.0], [6.0]], np.float32)  # gaps 1, 1, 2, 3 -> median 1.5
+    assert auto_radius(keys, "euclidean") == pytest.approx(0.75)
+    assert auto_radius(keys[:1], "euclidean") > 0
