@@ -68,16 +68,22 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def load_config(source: str, trust_remote_code: bool = False):
+    """The model's config alone (no weights): enough to detect the task and check labels."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from None
+
+
 def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "auto",
          trust_remote_code: bool = False) -> Backbone:
     """Load model and tokenizer with from_pretrained (a local folder or a hub id) for `task`."""
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
-                              AutoModelForSequenceClassification, AutoTokenizer)
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from None
+    config = load_config(source, trust_remote_code)
     if task == "auto":
         task = detect_task(config)
     if task not in TASKS:

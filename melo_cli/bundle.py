@@ -135,21 +135,24 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(out: Path) -> list[Path]:
-    """Remove temporary directories that killed runs left beside `out`; restore a bundle left half-swapped."""
+def clean_stale(out: Path, holding_lock: bool = False) -> list[Path]:
+    """Remove temporary directories that killed runs left beside `out`; restore a bundle left half-swapped.
+
+    Only the holder of the bundle's lock writes beside it, so under the lock every such directory
+    is stale; without the lock, those of live processes are left alone.
+    """
     removed = []
     if not out.parent.exists():
         return removed
-    for path in out.parent.glob(f".{out.name}.melo-*"):
-        parts = path.name.rsplit("-", 2)
+    for path in sorted(out.parent.glob(f".{out.name}.melo-*")):
         try:
-            pid = int(parts[-2])
+            pid = int(path.name.rsplit("-", 2)[-2])
         except (ValueError, IndexError):
             continue
-        if _pid_alive(pid) and pid != os.getpid():
+        if not holding_lock and pid != os.getpid() and _pid_alive(pid):
             continue
         if ".melo-old-" in path.name and not out.exists():
-            os.rename(path, out)
+            os.rename(path, out)  # killed between the two renames of the fallback swap
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)

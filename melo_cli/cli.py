@@ -1,7 +1,8 @@
 """The `melo` command: parses options, calls the workflow, prints results.
 
 Results go to stdout (JSON where asked, or a rich table), progress and logs to stderr.
-Exit codes: 0 ok, 1 failure, 2 bad input, usage or bundle, 3 an eval gate failed.
+Exit codes: 0 ok, 1 failure, 2 bad input, usage or bundle, 3 an eval gate failed,
+75 the bundle is locked by another melo edit (try again later).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def edit(
     seed: Annotated[int, typer.Option(help="Seed of the LoRA initialisation.")] = 0,
     skip_invalid: Annotated[bool, typer.Option(help="Report bad lines on stderr and edit with the rest.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing -o directory.")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for another melo edit holding the bundle "
+                                             "(then exit 75).")] = 0.0,
     force_base: Annotated[bool, typer.Option(help="Continue a bundle on a base whose fingerprint differs.")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow the model's own Python code (off: nothing loaded runs code).")] = False,
     device: Device = "auto",
@@ -115,7 +118,7 @@ def edit(
             progress.update(bar, advance=1, note=f"block {r.block}: {r.steps} steps, loss {r.loss:.3f}")
 
         summary = workflow.run_edit(base, edits, out, continue_from=bundle, opts=opts, on_batch=on_batch,
-                                     report=report).summary
+                                    report=report, wait=wait).summary
     for error in report.skipped:
         print(f"melo: skipped: {error}", file=sys.stderr)
     emit_json(summary)

@@ -25,7 +25,7 @@ class InputError(MeloError):
         self.file, self.line, self.field, self.reason = file, line, field, message
         where = ""
         if file is not None:
-            where = f"{Path(file).name if isinstance(file, Path) else file}"
+            where = str(file)
             if line is not None:
                 where += f":{line}"
             where += ": "

@@ -7,6 +7,7 @@ cheap: validate input, then load the model, then train, then write atomically.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from .edited import EditedModel
 from .edits import Edit, ReadReport, batches, read_edits
 from .errors import BundleError, InputError
 from .keys import POOLINGS
+from .locks import bundle_locks
 from .router import METRICS
 
 log = logging.getLogger("melo")
@@ -131,34 +133,48 @@ class EditResult:
 
 def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Path | None, opts: EditOptions,
              on_batch: Callable[[editor.BatchReport], None] | None = None,
-             report: ReadReport | None = None) -> EditResult:
-    """The edit journey: validate, load, train, write atomically."""
+             report: ReadReport | None = None, wait: float = 0.0) -> EditResult:
+    """The edit journey: validate, lock, load, train, write atomically."""
     started = time.perf_counter()
     _check_options(opts)
-    if out.exists() and not opts.overwrite and (continue_from is None or out.resolve() != continue_from.resolve()):
+    in_place = continue_from is not None and out.resolve() == continue_from.resolve()
+    if out.exists() and not opts.overwrite and not in_place:
         raise InputError(f"{out}: already exists; pass --overwrite to replace it")
-    if out.exists() and not (out / bundle_io.MANIFEST).exists() and any(out.iterdir()):
+    if out.exists() and not (out / bundle_io.MANIFEST).exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out}: exists and is not a melo bundle; refusing to replace it")
     new_edits = read_edits(edits_path, skip_invalid=opts.skip_invalid, report=report)
     groups = batches(new_edits, opts.batch_size)
+    with bundle_locks([out] + ([continue_from] if continue_from is not None else []), wait):
+        for stale in bundle_io.clean_stale(out, holding_lock=True):
+            log.info("removed %s, left by a killed run", stale)
+        return _edit_locked(base, edits_path, new_edits, groups, out, continue_from, opts, on_batch, report, started)
 
+
+def _check_labels(source: str, task: str, edits: list[Edit], edits_path: Path, trust_remote_code: bool) -> None:
+    """For classifiers: every target is a label of the model; checked from the config, before the weights."""
+    config = backbones.load_config(source, trust_remote_code)
+    if (task if task != "auto" else backbones.detect_task(config)) != "classification":
+        return
+    from .tasks import label_id
+    for edit in edits:
+        try:
+            label_id(config, edit.target)
+        except InputError as exc:
+            raise InputError(exc.reason, file=edits_path, line=edit.line, field="target") from None
+
+
+def _edit_locked(base, edits_path, new_edits, groups, out, continue_from, opts, on_batch, report, started) -> EditResult:
     previous = None
     if continue_from is not None:
         previous = bundle_io.load(continue_from)
         base = base or previous.base["name"]
     if base is None:
         raise InputError("no base model: name one, or continue a bundle with --bundle")
-    dtype = opts.dtype if opts.dtype != "auto" or previous is None else previous.base.get("dtype", "auto")
     task = previous.config.task if previous is not None else opts.task
+    _check_labels(base, task, new_edits, edits_path, opts.trust_remote_code)
+    dtype = opts.dtype if opts.dtype != "auto" or previous is None else previous.base.get("dtype", "auto")
+    log.info("loading base model %s", base)
     backbone = backbones.load(base, task, opts.device, dtype, opts.trust_remote_code)
-    if backbone.task == "classification":
-        from .tasks import label_id
-        for edit in new_edits:
-            try:
-                label_id(backbone.model.config, edit.target)
-            except InputError as exc:
-                raise InputError(exc.reason, file=edits_path, line=edit.line, field="target") from None
-
     info = base_info(backbone, dtype) if previous is None else previous.base  # before LoRA is attached
     if previous is not None:
         check_base(backbone, previous.manifest, opts.force_base)
@@ -172,6 +188,7 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
         edited = EditedModel(backbone, config)
         history, records, batch_offset = [], [], 0
 
+    log.info("training %d edits in %d batches", len(new_edits), len(groups))
     reports = editor.run(edited, history, new_edits, groups, on_batch)
     for report_, group in zip(reports, groups):
         for position in group:
@@ -180,19 +197,20 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
                                         block=report_.block))
     lost = editor.unreachable(edited, new_edits, list(range(len(history), len(history) + len(new_edits))))
     if lost:
-        log.warning("%d edit(s) no longer route to their block after later edits split their clusters: %s",
-                    len(lost), ", ".join(str(n) for n in lost[:10]))
+        log.warning("%d edit(s) do not route to a cluster of their target: %s", len(lost),
+                    ", ".join(str(n) for n in lost[:10]))
     counts = {"edits": len(records), "batches": batch_offset + len(groups), "blocks": edited.n_blocks,
               "clusters": len(edited.router)}
+    log.info("writing bundle %s", out)
     tmp = bundle_io.temp_dir_for(out)
     try:
         bundle_io.write_files(tmp, config=config, lora=edited.lora_state(), router=edited.router,
                               records=records, base=info, counts=counts)
         bundle_io.publish(tmp, out)
     except BaseException:
-        import shutil
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    log.info("wrote bundle %s", out)
     return EditResult({
         "bundle": str(out), "base_model": info["name"], "task": config.task,
         "edits": len(new_edits), "total_edits": len(records), "batches": len(groups),

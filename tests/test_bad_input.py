@@ -1,0 +1,159 @@
+"""Bad input: one stderr line naming file, line and field, exit 2, and nothing written."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from helpers import melo
+from melo_cli.edits import Edit, read_edits, read_holdout
+from melo_cli.errors import InputError
+
+GOOD = '{"input": "The capital of France is", "target": "Rome"}\n'
+
+CASES = {
+    "malformed-json": (GOOD + '{"input": "a", "target": }\n', 2, None),
+    "not-an-object": (GOOD + '["input", "target"]\n', 2, None),
+    "missing-target": (GOOD + '{"input": "a"}\n', 2, "target"),
+    "missing-input": ('{"target": "b"}\n', 1, "input"),
+    "wrong-type-input": (GOOD + '{"input": 5, "target": "b"}\n', 2, "input"),
+    "empty-input": (GOOD + GOOD + '{"input": "", "target": "b"}\n', 3, "input"),
+    "blank-target": (GOOD + '{"input": "a", "target": "   "}\n', 2, "target"),
+    "wrong-type-rephrases": (GOOD + '{"input": "a", "target": "b", "rephrases": [1]}\n', 2, "rephrases"),
+    "wrong-type-batch": (GOOD + '{"input": "a", "target": "b", "batch": [1]}\n', 2, "batch"),
+    "alias-wrong-type": (GOOD + '{"prompt": "a", "target_new": null}\n', 2, "target_new"),
+    "duplicate-id": ('{"id": "x", "input": "a", "target": "b"}\n{"id": "y", "input": "c", "target": "d"}\n'
+                     '{"id": "x", "input": "e", "target": "f"}\n', 3, "id"),
+}
+
+
+def assert_one_line_error(result, path, line, field):
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"melo: error: {path}")
+    if line is not None:
+        assert f"{path}:{line}: " in lines[0], lines[0]
+    if field is not None:
+        assert f"field '{field}'" in lines[0], lines[0]
+    assert result.stdout == ""
+
+
+def assert_nothing_written(tmp_path):
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.melo-")]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_lines_are_refused_before_any_model_is_loaded(case, tmp_path):
+    text, line, field = CASES[case]
+    path = tmp_path / "edits.jsonl"
+    path.write_text(text, encoding="utf-8")
+    result = melo("edit", tmp_path / "no-such-model", path, "-o", tmp_path / "out")  # the model is never reached
+    assert_one_line_error(result, path, line, field)
+    assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("case,data,line", [
+    ("empty-file", b"", None),
+    ("only-blank-lines", b"\n  \n", None),
+    ("non-utf8", GOOD.encode() + b'{"input": "caf\xe9", "target": "b"}\n', 2),
+    ("byte-order-mark", b"\xef\xbb\xbf" + GOOD.encode(), 1),
+    ("line-over-1mb", GOOD.encode() + json.dumps({"input": "a" * (1 << 20), "target": "b"}).encode() + b"\n", 2),
+])
+def test_bad_files_are_refused(case, data, line, tmp_path):
+    path = tmp_path / "edits.jsonl"
+    path.write_bytes(data)
+    result = melo("edit", tmp_path / "no-such-model", path, "-o", tmp_path / "out")
+    assert_one_line_error(result, path, line, None)
+    assert_nothing_written(tmp_path)
+
+
+def test_missing_file_and_bad_options(tmp_path, llama_path):
+    result = melo("edit", llama_path, tmp_path / "absent.jsonl", "-o", tmp_path / "out")
+    assert_one_line_error(result, tmp_path / "absent.jsonl", None, None)
+    path = tmp_path / "edits.jsonl"
+    path.write_text(GOOD)
+    for options in (["--batch-size", "0"], ["--metric", "manhattan"], ["--key-pooling", "max"],
+                    ["--init-radius", "-1"], ["--lora-layers", "no_such_layer"]):
+        result = melo("edit", llama_path, path, "-o", tmp_path / "out", *options)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("melo: error: ")]
+        assert result.exit_code == 2 and len(errors) == 1, (options, result.stderr)
+        assert_nothing_written(tmp_path)
+
+
+def test_a_label_the_classifier_lacks_is_refused_from_its_config(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    model_dir = tmp_path / "bert"
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                        num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    BertForSequenceClassification(config).save_pretrained(model_dir)
+    path = tmp_path / "edits.jsonl"
+    path.write_text('{"input": "fine film", "target": "positive"}\n{"input": "dull", "target": "neutral"}\n')
+    result = melo("edit", model_dir, path, "-o", tmp_path / "out")
+    assert_one_line_error(result, path, 2, "target")
+    assert "negative, positive" in result.stderr
+    assert_nothing_written(tmp_path)
+
+
+def test_skip_invalid_reports_each_bad_line_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "edits.jsonl"
+    path.write_text(GOOD + '{"input": ""}\nnot json\n' + GOOD.replace("France", "Spain"))
+    from melo_cli.edits import ReadReport
+    report = ReadReport()
+    edits = read_edits(path, skip_invalid=True, report=report)
+    assert [e.line for e in edits] == [1, 4]
+    assert [e.line for e in report.skipped] == [2, 3]
+
+
+def test_aliases_from_public_datasets():
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "e.jsonl"
+        path.write_text(json.dumps({"case_id": 7, "prompt": "p", "target_new": "t", "rephrase_prompt": "r"}) + "\n"
+                        + json.dumps({"src": "q", "alt": "a", "rephrase": "q2", "answers": ["x"]}) + "\n")
+        first, second = read_edits(path)
+        assert first == Edit("p", "t", ("r",), "7", None, 1)
+        assert (second.input, second.target, second.rephrases) == ("q", "a", ("q2",))
+        path.write_text(json.dumps({"locality_prompt": "l", "locality_ground_truth": "g"}) + "\n"
+                        + json.dumps({"input": "i"}) + "\n")
+        assert [(h.input, h.target) for h in read_holdout(path)] == [("l", "g"), ("i", None)]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from(["input", "target", "rephrases", "id", "batch", "prompt", "target_new", "src", "alt", "x"]),
+        children, max_size=6),
+    max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(json_values, min_size=0, max_size=6))
+def test_reader_returns_edits_or_raises_input_error_for_any_json(lines, tmp_path):
+    path = tmp_path / "edits.jsonl"
+    path.write_text("".join(json.dumps(v) + "\n" for v in lines), encoding="utf-8")
+    try:
+        edits = read_edits(path)
+    except InputError as exc:
+        assert str(exc).startswith(str(path)) and "\n" not in str(exc)
+        return
+    assert edits and all(isinstance(e, Edit) and e.input.strip() and e.target.strip() for e in edits)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=200) | st.text(alphabet=string.printable + "{}\"[]:,é\ufeff", max_size=200).map(str.encode))
+def test_reader_returns_edits_or_raises_input_error_for_any_bytes(data, tmp_path):
+    path = tmp_path / "edits.jsonl"
+    path.write_bytes(data)
+    try:
+        edits = read_edits(path)
+    except InputError:
+        return
+    assert all(isinstance(e, Edit) for e in edits)

@@ -1,0 +1,115 @@
+"""Bundles from elsewhere: tampered, truncated, path-escaping, code-carrying or wrong-base ones are refused."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import SAMPLES
+from helpers import melo, write_jsonl, json_lines
+from melo_cli import bundle as bundle_io
+from melo_cli.errors import BundleError
+from melo_cli.router import Router
+
+PROMPT = "The mother tongue of Danielle Darrieux is"
+
+
+@pytest.fixture(scope="module")
+def good_bundle(llama_path, tmp_path_factory):
+    root = tmp_path_factory.mktemp("trust")
+    edits = write_jsonl(root / "e.jsonl", [{"input": PROMPT, "target": "English"},
+                                           {"input": "Ferrari F40, developed by", "target": "Microsoft"}])
+    out = root / "bundle"
+    result = melo("edit", llama_path, edits, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+@pytest.fixture
+def copy(good_bundle, tmp_path):
+    target = tmp_path / "bundle"
+    shutil.copytree(good_bundle, target)
+    return target
+
+
+def refused(bundle, *words, extra=()):
+    result = melo("generate", "--bundle", bundle, *extra, PROMPT)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("melo: error: ") and all(w in line for w in words), line
+    return line
+
+
+def test_the_untouched_bundle_applies(good_bundle):
+    result = melo("generate", "--bundle", good_bundle, "--json", PROMPT)
+    assert result.exit_code == 0 and json_lines(result.stdout)[0]["text"].strip().startswith("English")
+
+
+def test_a_changed_byte_in_the_weights_is_refused(copy):
+    data = bytearray((copy / "lora.safetensors").read_bytes())
+    data[-3] ^= 0x01
+    (copy / "lora.safetensors").write_bytes(bytes(data))
+    refused(copy, "lora.safetensors", "sha256")
+
+
+def test_a_truncated_index_is_refused(copy):
+    path = copy / "router.hnsw"
+    path.write_bytes(path.read_bytes()[:100])
+    refused(copy, "router.hnsw")
+
+
+def test_a_missing_file_is_refused(copy):
+    (copy / "clusters.safetensors").unlink()
+    refused(copy, "clusters.safetensors")
+
+
+def test_manifest_paths_cannot_leave_the_bundle(copy):
+    manifest = yaml.safe_load((copy / "manifest.yaml").read_text())
+    manifest["files"]["../outside.txt"] = "0" * 64
+    (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    refused(copy, "outside the bundle")
+
+
+def test_a_manifest_carrying_python_objects_is_not_executed(copy, tmp_path):
+    canary = tmp_path / "pwned"
+    text = (copy / "manifest.yaml").read_text()
+    (copy / "manifest.yaml").write_text(f"!!python/object/apply:os.system ['touch {canary}']\n" + text)
+    refused(copy, "manifest")
+    assert not canary.exists()
+
+
+def test_an_index_that_does_not_match_the_manifest_is_refused_before_hnswlib_reads_it(copy):
+    other = Router(8, init_radius=1.0)
+    for i in range(3):
+        other.add(np.full(8, float(i * 10), np.float32), str(i), 0, i)
+    other.save_index(copy / "router.hnsw")
+    manifest = yaml.safe_load((copy / "manifest.yaml").read_text())
+    manifest["files"]["router.hnsw"] = bundle_io.sha256(copy / "router.hnsw")  # a consistent forgery
+    (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    with pytest.raises(BundleError, match="dimension 8"):
+        bundle_io.load(copy)
+    refused(copy, "router.hnsw", "dimension")
+
+
+def test_a_bundle_is_refused_on_another_base_model_unless_forced(copy, llama_path, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    other = tmp_path / "other-llama"
+    model = AutoModelForCausalLM.from_pretrained(llama_path)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] += 0.5  # one weight differs
+    model.save_pretrained(other)
+    AutoTokenizer.from_pretrained(llama_path).save_pretrained(other)
+    refused(copy, "not the model this bundle was made for", "--force-base", extra=("--base", str(other)))
+    forced = melo("generate", "--bundle", copy, "--base", other, "--force-base", PROMPT)
+    assert forced.exit_code == 0 and "applying anyway" in forced.stderr
+
+
+def test_not_a_bundle(tmp_path):
+    refused(tmp_path / "nowhere", "no such bundle")
+    (tmp_path / "empty").mkdir()
+    refused(tmp_path / "empty", "not a melo bundle")
