@@ -50,6 +50,7 @@ class Bundle:
     router: Router
     edits: list[Edit]
     records: list[dict]
+    history: list[dict]
 
     @property
     def base(self) -> dict:
@@ -260,4 +261,6 @@ def load(path: str | Path) -> Bundle:
     records = [json.loads(line) for line in (path / EDITS).read_text(encoding="utf-8").splitlines() if line.strip()]
     edits = [Edit(r["input"], r["target"], tuple(r.get("rephrases") or ()), r.get("id"), r.get("batch"), i + 1)
              for i, r in enumerate(records)]
-    return Bundle(path, manifest, config, lora, router, edits, records)
+    history = ([json.loads(line) for line in (path / HISTORY).read_text(encoding="utf-8").splitlines() if line.strip()]
+               if HISTORY in manifest["files"] else [])
+    return Bundle(path, manifest, config, lora, router, edits, records, history)

@@ -81,6 +81,9 @@ def edit(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing -o directory.")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another melo edit holding the bundle "
                                              "(then exit 75).")] = 0.0,
+    eval_every: Annotated[int, typer.Option(help="Every K batches append a row to the bundle's history.jsonl: "
+                                                 "edit success of the batch, retention of earlier edits, locality.")] = 0,
+    locality: Annotated[Optional[Path], typer.Option(help="Holdout JSONL for the history's locality column.")] = None,
     force_base: Annotated[bool, typer.Option(help="Continue a bundle on a base whose fingerprint differs.")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow the model's own Python code (off: nothing loaded runs code).")] = False,
     device: Device = "auto",
@@ -107,7 +110,7 @@ def edit(
         key_layer=key_layer, rank_per_block=rank_per_block, key_pooling=key_pooling, metric=metric,
         init_radius=init_radius, lr=lr, max_steps=max_steps, loss_threshold=loss_threshold, batch_size=batch_size,
         seed=seed, device=device, dtype=dtype, skip_invalid=skip_invalid, force_base=force_base,
-        trust_remote_code=trust_remote_code, overwrite=overwrite)
+        trust_remote_code=trust_remote_code, overwrite=overwrite, eval_every=eval_every, locality=locality)
     report = ReadReport()
     with Progress(TextColumn("[bold]editing"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
                   TimeElapsedColumn(), TextColumn("{task.fields[note]}"), console=stderr, transient=False,
@@ -226,6 +229,115 @@ def inspect(
                             f"{config['metric']}, dim {manifest['key_dim']}); init radius {config['init_radius']:.4g}")
     table.add_row("made", f"melo {manifest['melo_version']}, {manifest['created']}")
     stdout.print(table)
+
+
+def _format_metric(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_format_metric(v)}" for k, v in value.items())
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _print_history(rows: list[dict], json_format: bool) -> None:
+    if json_format:
+        for row in rows:
+            emit_json(row)
+        return
+    table = Table(title="retention over time")
+    for column in ("batches", "edits", "edit_success", "retention", "locality", "seconds"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*(_format_metric(row.get(c)) for c in ("batches", "edits", "edit_success", "retention",
+                                                              "locality", "seconds")))
+    stdout.print(table)
+
+
+@app.command("eval")
+@exits_cleanly
+def eval_command(
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", "-b", help="The bundle to evaluate.")] = None,
+    base: Annotated[Optional[str], typer.Option(help="Base model (default: the bundle's). Without --bundle: "
+                                                     "the pre-edit numbers of the bare model.")] = None,
+    edits: Annotated[Optional[Path], typer.Option(help="Edits JSONL to score (default: the bundle's own edits).")] = None,
+    locality: Annotated[Optional[Path], typer.Option(help="Holdout JSONL {\"input\", \"target\"?}: inputs "
+                                                          "whose output must not change.")] = None,
+    mode: Annotated[str, typer.Option(help="teacher-forced, generate or both.")] = "teacher-forced",
+    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    min_edit_success: Annotated[Optional[float], typer.Option(help="Gate: exit 3 if edit success is lower.")] = None,
+    min_generality: Annotated[Optional[float], typer.Option(help="Gate: exit 3 if generality is lower.")] = None,
+    min_locality: Annotated[Optional[float], typer.Option(help="Gate: exit 3 if locality is lower.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.")] = 32,
+    history: Annotated[bool, typer.Option("--history", help="Print the bundle's retention history instead.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="With --history: draw the curves to this PNG "
+                                                      "(needs the 'plot' extra: matplotlib).")] = None,
+    force_base: Annotated[bool, typer.Option(help="Apply the bundle even if the base fingerprint differs.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow the model's own Python code.")] = False,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+) -> None:
+    """Score a bundle: edit success, generality, locality, holdout accuracy, perplexity, routing.
+
+    Gates (--min-*) make it a CI check: exit 3 naming the failed gate on stderr.
+    """
+    from . import bundle as bundle_io, evaluate, workflow
+    from .edits import read_edits, read_holdout
+    from .errors import GateFailed
+
+    if format not in ("table", "json"):
+        raise InputError(f"--format {format!r}: choose table or json")
+    modes = {"teacher-forced": ["teacher-forced"], "generate": ["generate"],
+             "both": ["teacher-forced", "generate"]}.get(mode)
+    if modes is None:
+        raise InputError(f"--mode {mode!r}: choose teacher-forced, generate or both")
+    if batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+    if history or plot is not None:
+        if bundle is None:
+            raise InputError("--history needs --bundle")
+        rows = bundle_io.load(bundle).history
+        if not rows:
+            raise InputError(f"{bundle}: has no history; edit with --eval-every K to record one")
+        _print_history(rows, format == "json")
+        if plot is not None:
+            from .plot import plot_history
+            plot_history(rows, plot)
+        return
+    if bundle is None and base is None:
+        raise InputError("pass --bundle, or --base MODEL with --edits for the pre-edit numbers")
+    edit_list = read_edits(edits) if edits is not None else None
+    holdout = read_holdout(locality) if locality is not None else []
+    if bundle is not None:
+        loaded, edited = workflow.open_bundle(bundle, base=base, device=device, dtype=dtype, force_base=force_base,
+                                              trust_remote_code=trust_remote_code)
+        bundle_edits = loaded.edits
+    else:
+        if edit_list is None:
+            raise InputError("--base without --bundle needs --edits")
+        edited = workflow.bare_model(base, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        bundle_edits = []
+    edit_list = edit_list if edit_list is not None else bundle_edits
+    with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=stderr, disable=not stderr.is_terminal) as progress:
+        bar = progress.add_task("eval", total=evaluate.work(edit_list, holdout, modes))
+        result = evaluate.evaluate(edited, edit_list, holdout, modes, batch_size,
+                                   lambda n: progress.update(bar, advance=n), bundle_edits)
+    if format == "json":
+        emit_json(result)
+    else:
+        table = Table(title=f"melo eval ({result['mode']})")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key in ("edit_success", "generality", "locality", "holdout_accuracy", "perplexity"):
+            table.add_row(key, _format_metric(result[key]))
+        table.add_row("edits / clusters / blocks", f"{result['n_edits']} / {result['n_clusters']} / {result['n_blocks']}")
+        for name, counts in (result["routing"] or {}).items():
+            table.add_row(f"routed: {name}", ", ".join(f"{k} {v}" for k, v in counts.items()))
+        stdout.print(table)
+    failures = evaluate.gate_failures(result, {"edit_success": min_edit_success, "generality": min_generality,
+                                               "locality": min_locality})
+    if failures:
+        raise GateFailed("gate failed: " + "; ".join(failures))
 
 
 def main() -> None:

@@ -30,9 +30,15 @@ class Encoded:
                        None if self.targets is None else self.targets.to(device))
 
 
+NO_SPACE_BEFORE = set(",.;:!?)]}'%")
+
+
 def joiner(prompt: str, target: str) -> str:
-    """The text between a prompt and its target: one space unless either side already has one."""
-    return "" if not prompt or not target or prompt[-1].isspace() or target[0].isspace() else " "
+    """The text between a prompt and its target: one space, unless either side has one already or the
+    target starts with closing punctuation (", there was", "'s")."""
+    if not prompt or not target or prompt[-1].isspace() or target[0].isspace() or target[0] in NO_SPACE_BEFORE:
+        return ""
+    return " "
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ cheap: validate input, then load the model, then train, then write atomically.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -17,7 +18,7 @@ from . import backbones, bundle as bundle_io, editor
 from .backbones import Backbone
 from .config import MeloConfig
 from .edited import EditedModel
-from .edits import Edit, ReadReport, batches, read_edits
+from .edits import Edit, ReadReport, batches, read_edits, read_holdout
 from .errors import BundleError, InputError
 from .keys import POOLINGS
 from .locks import bundle_locks
@@ -49,7 +50,10 @@ class EditOptions:
     force_base: bool = False
     trust_remote_code: bool = False
     overwrite: bool = False
-    extra: dict = field(default_factory=dict)
+    eval_every: int = 0
+    """Append a retention row to history.jsonl every this many batches (0: never)."""
+    locality: Path | None = None
+    """Holdout inputs for the history's locality column."""
 
 
 def _check_options(opts: EditOptions) -> None:
@@ -144,10 +148,14 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
         raise InputError(f"{out}: exists and is not a melo bundle; refusing to replace it")
     new_edits = read_edits(edits_path, skip_invalid=opts.skip_invalid, report=report)
     groups = batches(new_edits, opts.batch_size)
+    if opts.eval_every < 0:
+        raise InputError("--eval-every must be 0 (off) or a number of batches")
+    holdout = read_holdout(opts.locality) if opts.locality is not None else []
     with bundle_locks([out] + ([continue_from] if continue_from is not None else []), wait):
         for stale in bundle_io.clean_stale(out, holding_lock=True):
             log.info("removed %s, left by a killed run", stale)
-        return _edit_locked(base, edits_path, new_edits, groups, out, continue_from, opts, on_batch, report, started)
+        return _edit_locked(base, edits_path, new_edits, groups, holdout, out, continue_from, opts, on_batch, report,
+                            started)
 
 
 def _check_labels(source: str, task: str, edits: list[Edit], edits_path: Path, trust_remote_code: bool) -> None:
@@ -163,7 +171,40 @@ def _check_labels(source: str, task: str, edits: list[Edit], edits_path: Path, t
             raise InputError(exc.reason, file=edits_path, line=edit.line, field="target") from None
 
 
-def _edit_locked(base, edits_path, new_edits, groups, out, continue_from, opts, on_batch, report, started) -> EditResult:
+def _history_recorder(edited: EditedModel, old_edits: list[Edit], new_edits: list[Edit], groups: list[list[int]],
+                      holdout: list, rows: list[dict], batch_offset: int, every: int, started: float,
+                      on_batch: Callable | None) -> Callable[[editor.BatchReport], None]:
+    """An on_batch callback that appends a retention row every `every` batches (teacher-forced)."""
+    from .evaluate import teacher_forced
+
+    def share(outcomes) -> float | None:
+        return round(sum(o.hit for o in outcomes) / len(outcomes), 6) if outcomes else None
+
+    def record(report: editor.BatchReport) -> None:
+        if on_batch is not None:
+            on_batch(report)
+        if not every or (report.batch + 1) % every:
+            return
+        current = [new_edits[p] for p in groups[report.batch]]
+        earlier = old_edits + [new_edits[p] for g in groups[:report.batch] for p in g]
+        row = {"batches": batch_offset + report.batch + 1, "edits": len(earlier) + len(current),
+               "edit_success": share(teacher_forced(edited, [e.input for e in current], [e.target for e in current], True, 32)),
+               "retention": share(teacher_forced(edited, [e.input for e in earlier], [e.target for e in earlier], True, 32)),
+               "locality": None, "seconds": round(time.perf_counter() - started, 3)}
+        if holdout:
+            inputs = [h.input for h in holdout]
+            targets = [h.target if h.target is not None else " " for h in holdout]
+            after = teacher_forced(edited, inputs, targets, True, 32)
+            before = teacher_forced(edited, inputs, targets, False, 32)
+            row["locality"] = round(sum(a.output == b.output for a, b in zip(after, before)) / len(holdout), 6)
+        rows.append(row)
+        log.info("history: %s", row)
+
+    return record
+
+
+def _edit_locked(base, edits_path, new_edits, groups, holdout, out, continue_from, opts, on_batch, report,
+                 started) -> EditResult:
     previous = None
     if continue_from is not None:
         previous = bundle_io.load(continue_from)
@@ -181,21 +222,24 @@ def _edit_locked(base, edits_path, new_edits, groups, out, continue_from, opts, 
         config = previous.config
         edited = EditedModel(backbone, config, previous.router)
         edited.load_lora_state(previous.lora)
-        history, records = previous.edits, list(previous.records)
+        old_edits, records = previous.edits, list(previous.records)
         batch_offset = previous.manifest["counts"]["batches"]
+        history_rows = list(previous.history)
     else:
         config = new_config(backbone, opts)
         edited = EditedModel(backbone, config)
-        history, records, batch_offset = [], [], 0
+        old_edits, records, batch_offset, history_rows = [], [], 0, []
 
     log.info("training %d edits in %d batches", len(new_edits), len(groups))
-    reports = editor.run(edited, history, new_edits, groups, on_batch)
+    recorder = _history_recorder(edited, old_edits, new_edits, groups, holdout, history_rows, batch_offset,
+                                 opts.eval_every, started, on_batch)
+    reports = editor.run(edited, old_edits, new_edits, groups, recorder)
     for report_, group in zip(reports, groups):
         for position in group:
             edit = new_edits[position]
             records.append(edit.to_json(batch=edit.batch if edit.batch is not None else str(batch_offset + report_.batch),
                                         block=report_.block))
-    lost = editor.unreachable(edited, new_edits, list(range(len(history), len(history) + len(new_edits))))
+    lost = editor.unreachable(edited, new_edits, list(range(len(old_edits), len(old_edits) + len(new_edits))))
     if lost:
         log.warning("%d edit(s) do not route to a cluster of their target: %s", len(lost),
                     ", ".join(str(n) for n in lost[:10]))
@@ -204,8 +248,9 @@ def _edit_locked(base, edits_path, new_edits, groups, out, continue_from, opts, 
     log.info("writing bundle %s", out)
     tmp = bundle_io.temp_dir_for(out)
     try:
+        extra = {bundle_io.HISTORY: "".join(json.dumps(r) + "\n" for r in history_rows)} if history_rows else None
         bundle_io.write_files(tmp, config=config, lora=edited.lora_state(), router=edited.router,
-                              records=records, base=info, counts=counts)
+                              records=records, base=info, counts=counts, extra_files=extra)
         bundle_io.publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -217,6 +262,7 @@ def _edit_locked(base, edits_path, new_edits, groups, out, continue_from, opts, 
         "clusters": len(edited.router), "blocks": edited.n_blocks, "init_radius": config.init_radius,
         "steps_per_batch": [r.steps for r in reports], "converged_batches": sum(r.converged for r in reports),
         "unrouted_edits": len(lost), "skipped_lines": len(report.skipped) if report else 0,
+        "history_rows": len(history_rows),
         "seconds": round(time.perf_counter() - started, 3),
     }, edited)
 

@@ -48,3 +48,12 @@ def test_same_key_padded_left_right_or_not_at_all(llama, pooling):
     np.testing.assert_allclose(left, alone, atol=1e-5)
     np.testing.assert_allclose(right, alone, atol=1e-5)
     assert np.linalg.norm(alone - edited.keys([longer])[0]) > 0.1  # and different inputs differ
+
+
+def test_joiner_puts_one_space_except_before_punctuation_or_existing_space():
+    from melo_cli.tasks import joiner
+
+    assert joiner("The capital is", "Paris") == " "
+    assert joiner("Once upon a time", ", there was") == ""
+    assert joiner("The capital is ", "Paris") == "" and joiner("The capital is", " Paris") == ""
+    assert joiner("Tom", "'s dog") == ""
