@@ -108,17 +108,13 @@ def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "au
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):
-    """The model's own tokenizer; T5-style byte models without files get ByT5's (it needs none)."""
+    """The model's own tokenizer, from the same folder or hub id."""
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError):
-        if Path(source, "config.json").exists() and not any(
-                Path(source, f).exists() for f in ("tokenizer.json", "vocab.json", "spiece.model", "vocab.txt")):
-            from transformers import ByT5Tokenizer
-            return ByT5Tokenizer()
-        raise
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"cannot load the tokenizer of {source!r}: {str(exc).splitlines()[0]}") from None
 
 
 # -- where LoRA and the key go ------------------------------------------------------------------

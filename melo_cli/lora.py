@@ -53,6 +53,15 @@ class BlockLoRA(nn.Module):
         self.train_block: int | None = None
 
     @property
+    def weight(self) -> torch.Tensor:
+        """The base layer's weight: model code reads it (T5 checks `wo.weight.dtype`)."""
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.base, "bias", None)
+
+    @property
     def n_blocks(self) -> int:
         return int(self.lora_A.shape[0])
 

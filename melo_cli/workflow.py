@@ -82,6 +82,7 @@ def new_config(backbone: Backbone, opts: EditOptions) -> MeloConfig:
         lora_layers = backbones.default_lora_layers(model, backbone.task)
     key_layer = opts.key_layer or backbones.default_key_layer(model, lora_layers)
     backbones.check_key_below(model, key_layer, lora_layers)
+    log.info("%s: LoRA on %s; key from %s", backbone.task, ", ".join(lora_layers), key_layer)
     return MeloConfig(
         task=backbone.task, lora_layers=lora_layers, key_layer=key_layer,
         rank_per_block=opts.rank_per_block,

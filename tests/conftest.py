@@ -60,3 +60,96 @@ def load_edits(name: str, n: int | None = None) -> list[dict]:
     import json
     lines = (SAMPLES / name).read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines[:n]]
+
+
+def fit_classifier_head(source, destination, train_file, labels, steps=150, lr=1e-2, seed=0):
+    """Train only the head of a sequence classifier on a labelled JSONL file, then save it.
+
+    Stands in for the trained classifier a user would edit: MELO edits labels of a working model.
+    Returns (final training loss, training accuracy).
+    """
+    import json
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    rows = [json.loads(line) for line in open(train_file, encoding="utf-8")]
+    enc = tokenizer([r["input"] for r in rows], padding=True, truncation=True, return_tensors="pt")
+    y = torch.tensor([labels.index(r["target"]) for r in rows])
+    model.eval()  # no dropout: the body is frozen and only the head learns
+    model.requires_grad_(False)
+    with torch.no_grad():
+        body = model.base_model(**enc)
+    head = [p for n, p in model.named_parameters() if n.startswith(("classifier", "pre_classifier", "bert.pooler"))]
+    for p in head:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(head, lr=lr)
+    for _ in range(steps):
+        pooled = model.bert.pooler(body.last_hidden_state) if hasattr(model, "bert") else body.last_hidden_state[:, 0]
+        loss = torch.nn.functional.cross_entropy(model.classifier(pooled), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        accuracy = (model(**enc).logits.argmax(-1) == y).float().mean().item()
+    model.save_pretrained(destination)
+    tokenizer.save_pretrained(destination)
+    return float(loss.detach()), accuracy
+
+
+CLASS_LABELS = ["place", "person", "time", "other"]
+
+
+@pytest.fixture(scope="session")
+def t5_paths(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random T5s (4 blocks; plain and gated feed-forward) with ByT5's file-free tokenizer."""
+    import torch
+    from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
+
+    paths = {}
+    for ff in ("relu", "gated-gelu"):
+        path = tmp_path_factory.mktemp(f"t5-{ff}")
+        torch.manual_seed(0)
+        config = T5Config(vocab_size=384, d_model=64, d_ff=128, num_layers=4, num_heads=4, d_kv=16,
+                          decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, feed_forward_proj=ff)
+        T5ForConditionalGeneration(config).save_pretrained(path)
+        ByT5Tokenizer().save_pretrained(path)
+        paths[ff] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
+def bert_path(tmp_path_factory) -> Path:
+    """A tiny random BERT classifier with a WordPiece vocabulary made from the sample files.
+
+    initializer_range 0.3 rather than BERT's 0.02: with 0.02 the random head's logits span about
+    +-0.2 behind a tanh pooler, so no change of the hidden state can move one input to another
+    label while its batch-mates stay; a wider init stands in for the trained head a user edits.
+    """
+    import json
+    import re
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("bert-tiny")
+    words = set()
+    for file in SAMPLES.glob("*.jsonl"):
+        for line in file.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            for text in [record["input"], *record.get("rephrases", [])]:
+                words.update(re.findall(r"\w+|[^\w\s]", text.lower()))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast.from_pretrained(path)  # not BertTokenizerFast(vocab_file=...): empty in 5.x
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=128, num_labels=4, initializer_range=0.3,
+                        id2label=dict(enumerate(CLASS_LABELS)), label2id={l: i for i, l in enumerate(CLASS_LABELS)})
+    BertForSequenceClassification(config).save_pretrained(path)
+    return path
