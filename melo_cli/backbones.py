@@ -212,10 +212,11 @@ def check_key_below(model: nn.Module, key_layer: str, lora_layers: list[str]) ->
 
 
 def fingerprint(model: nn.Module) -> str:
-    """sha256 over the config and every weight's name, shape, dtype and a strided sample of its values.
+    """sha256 over the config and every weight's name, shape and a strided sample of its values.
 
     Sampling keeps this to a fraction of a second for large models while still telling any two
-    checkpoints apart.
+    checkpoints apart. Values are rounded to bfloat16 first, so the same checkpoint loaded in
+    float32 or bfloat16 has one fingerprint (float16 loads round twice and differ: --force-base).
     """
     digest = hashlib.sha256()
     config = model.config.to_dict()
@@ -226,7 +227,7 @@ def fingerprint(model: nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().reshape(-1)
         step = max(1, flat.numel() // 4096)
-        sample = flat[::step][:4096].to("cpu", torch.float32).numpy()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        sample = flat[::step][:4096].to("cpu").to(torch.bfloat16).to(torch.float32).numpy()
+        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
         digest.update(sample.tobytes())
     return digest.hexdigest()

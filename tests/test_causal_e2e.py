@@ -159,3 +159,25 @@ def test_help_is_meaningful_for_every_command():
                            "inspect": ["--json", "--model"]}.items():
         result = melo(command, "--help")
         assert result.exit_code == 0 and all(w in result.stdout for w in words), command
+
+
+def test_a_float32_bundle_applies_to_a_bfloat16_load_of_the_same_base(llama_bundle):
+    out, _ = llama_bundle
+    edit = load_edits("counterfact-20.jsonl")[0]
+    result = melo("generate", "--bundle", out, "--dtype", "bfloat16", "--json", "--max-new-tokens", "16", edit["input"])
+    assert result.exit_code == 0, result.stderr
+    record = json_lines(result.stdout)[0]
+    assert record["route"] is not None  # the key layer runs in bfloat16; the route still holds
+    assert record["text"].strip().startswith(edit["target"])
+
+
+def test_the_route_is_decided_once_from_the_prompt_and_kept_while_generating(llama_bundle):
+    out, _ = llama_bundle
+    _, edited = workflow.open_bundle(out, device="cpu")
+    calls = []
+    original = edited._route_keys
+    edited._route_keys = lambda keys, found: calls.append(keys.shape) or original(keys, found)
+    edit = load_edits("counterfact-20.jsonl")[3]
+    prediction = edited.predict([edit["input"], "Once upon a time"], max_new_tokens=12)
+    assert len(calls) == 1 and calls[0][0] == 2  # one decision for the batch, at the prompt's forward
+    assert prediction[0].text.strip().startswith(edit["target"]) and not prediction[1].route.routed
