@@ -94,7 +94,8 @@ def _card(manifest: dict) -> str:
 
 
 def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Router, records: list[dict],
-                base: dict, counts: dict, extra_files: dict[str, str] | None = None) -> dict:
+                base: dict, counts: dict, extra_files: dict[str, str] | None = None,
+                key_encoder: dict | None = None) -> dict:
     """Write every bundle file into `directory` (which must exist and be empty); returns the manifest."""
     save_torch(lora, str(directory / LORA))
     save_numpy(router.arrays(), str(directory / CLUSTERS), metadata={"labels": json.dumps(router.labels)})
@@ -111,6 +112,8 @@ def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Rout
         "key_dim": int(router.dim),
         "counts": counts,
     }
+    if key_encoder is not None:
+        manifest["key_encoder"] = key_encoder
     _write_text(directory / CARD, _card(manifest))
     manifest["files"] = {p.name: sha256(p) for p in sorted(directory.iterdir()) if p.name != MANIFEST}
     _write_text(directory / MANIFEST, yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True))
@@ -257,7 +260,7 @@ def load(path: str | Path) -> Bundle:
     if dim != manifest["key_dim"] or count != n_clusters:
         raise BundleError(f"{path / INDEX}: index of {count} keys of dimension {dim}; the manifest says "
                           f"{n_clusters} of dimension {manifest['key_dim']}")
-    router = Router.restore(arrays, labels, path / INDEX, config.metric, config.init_radius)
+    router = Router.restore(arrays, labels, path / INDEX, config.metric, config.init_radius, config.margin)
     records = [json.loads(line) for line in (path / EDITS).read_text(encoding="utf-8").splitlines() if line.strip()]
     edits = [Edit(r["input"], r["target"], tuple(r.get("rephrases") or ()), r.get("id"), r.get("batch"), i + 1)
              for i, r in enumerate(records)]

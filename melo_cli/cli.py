@@ -68,9 +68,17 @@ def edit(
     key_layer: Annotated[Optional[str], typer.Option(help="Module whose output makes the router key "
                                                           "(default: the block below the lowest LoRA layer).")] = None,
     key_pooling: Annotated[str, typer.Option(help="Pool the key over the input's tokens: mean or last.")] = "mean",
+    key_source: Annotated[str, typer.Option(help="Router keys from the base model's hidden state (base) or from a "
+                                                 "sentence encoder (encoder, with --key-encoder).")] = "base",
+    key_encoder: Annotated[Optional[str], typer.Option(help="Sentence encoder for --key-source encoder: a local "
+                                                            "folder or hub id (e.g. all-MiniLM-L6-v2).")] = None,
+    negatives: Annotated[Optional[Path], typer.Option(help="JSONL of inputs whose outputs must not change: their "
+                                                           "keys shrink any edit cluster that would cover them.")] = None,
     metric: Annotated[str, typer.Option(help="Router distance: euclidean or cosine.")] = "euclidean",
     init_radius: Annotated[str, typer.Option(help="Radius of a new cluster: a number, or auto (half the median "
                                                   "nearest-neighbour distance of the edits' keys).")] = "auto",
+    margin: Annotated[float, typer.Option(help="Route only when every cluster of another label is (1 + margin) "
+                                               "times farther than the nearest (0: off).")] = 0.0,
     lr: Annotated[float, typer.Option(help="Adam learning rate for each new block.")] = 1e-2,
     max_steps: Annotated[int, typer.Option(help="Most training steps per batch (stops early when every target "
                                                 "token is the argmax and the loss is under --loss-threshold).")] = 100,
@@ -107,7 +115,8 @@ def edit(
         raise InputError("missing EDITS: the JSONL file of edits")
     opts = workflow.EditOptions(
         task=task, lora_layers=[s.strip() for s in lora_layers.split(",") if s.strip()] if lora_layers else None,
-        key_layer=key_layer, rank_per_block=rank_per_block, key_pooling=key_pooling, metric=metric,
+        key_layer=key_layer, rank_per_block=rank_per_block, key_pooling=key_pooling, key_source=key_source,
+        key_encoder=key_encoder, negatives=negatives, metric=metric, margin=margin,
         init_radius=init_radius, lr=lr, max_steps=max_steps, loss_threshold=loss_threshold, batch_size=batch_size,
         seed=seed, device=device, dtype=dtype, skip_invalid=skip_invalid, force_base=force_base,
         trust_remote_code=trust_remote_code, overwrite=overwrite, eval_every=eval_every, locality=locality)

@@ -17,9 +17,14 @@ class MeloConfig:
     rank_per_block: int = 4
     alpha: float = 8.0
     key_pooling: str = "mean"
+    key_source: str = "base"
+    """base: the base model's hidden state at key_layer; encoder: a sentence encoder (key_encoder)."""
+    key_encoder: str | None = None
     metric: str = "euclidean"
     init_radius: float = 0.0
     """0 until resolved; `--init-radius auto` is resolved from the first edits' keys."""
+    margin: float = 0.0
+    """Route only if every cluster of another label is (1 + margin) times farther (0: off)."""
     lr: float = 1e-2
     max_steps: int = 100
     loss_threshold: float = 0.05

@@ -18,7 +18,7 @@ from torch import nn
 from . import tasks
 from .backbones import Backbone
 from .config import MeloConfig
-from .keys import hidden_of, pool
+from .keys import SentenceEncoder, hidden_of, pool
 from .lora import BlockLoRA
 from .router import Route, Router
 from .routes import NO_BLOCK, Routes
@@ -45,8 +45,11 @@ class Prediction:
 class EditedModel:
     """Owns the base model's LoRA layers, the routing state and the router."""
 
-    def __init__(self, backbone: Backbone, config: MeloConfig, router: Router | None = None):
-        self.backbone, self.config, self.router = backbone, config, router
+    def __init__(self, backbone: Backbone, config: MeloConfig, router: Router | None = None,
+                 encoder: SentenceEncoder | None = None):
+        self.backbone, self.config, self.router, self.encoder = backbone, config, router, encoder
+        if (config.key_source == "encoder") != (encoder is not None):
+            raise ValueError("an encoder is needed exactly when key_source is 'encoder'")
         self.routes = Routes()
         self.layers: dict[str, BlockLoRA] = {}
         model = backbone.model
@@ -56,7 +59,8 @@ class EditedModel:
             layer = BlockLoRA(modules[name], self.routes, config.rank_per_block, config.alpha)
             setattr(modules[parent_name] if parent_name else model, child, layer)
             self.layers[name] = layer
-        self._hook = modules[config.key_layer].register_forward_hook(self._on_key_layer)
+        self._hook = (modules[config.key_layer].register_forward_hook(self._on_key_layer)
+                      if encoder is None else None)
 
     # -- routing ------------------------------------------------------------------------------
     def _on_key_layer(self, module: nn.Module, args, output) -> None:
@@ -75,9 +79,17 @@ class EditedModel:
         return torch.tensor([r.block for r in routes], dtype=torch.long)
 
     @contextmanager
-    def routed(self, key_mask: torch.Tensor) -> Iterator[list[Route]]:
-        """A scope where each row is routed by its own key; yields the routes once decided."""
+    def routed(self, key_mask: torch.Tensor, texts: list[str]) -> Iterator[list[Route]]:
+        """A scope where each row is routed by its own key; yields the routes once decided.
+
+        Base-model keys are taken by the hook during the forward; encoder keys before it.
+        """
         found: list[Route] = []
+        if self.encoder is not None:
+            ids = self._route_keys(self.encoder.keys(texts), found).to(key_mask.device)
+            with self.routes.fixed(ids):
+                yield found
+            return
         with self.routes.by_key(key_mask, lambda keys: self._route_keys(keys, found)):
             yield found
 
@@ -88,7 +100,9 @@ class EditedModel:
     # -- keys ---------------------------------------------------------------------------------
     @torch.no_grad()
     def keys(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """(n, dim) float32 keys of the inputs, stopping each forward at the key layer."""
+        """(n, dim) float32 keys of the inputs (each base forward stops at the key layer)."""
+        if self.encoder is not None:
+            return self.encoder.keys(texts).numpy().astype(np.float32)
         out = []
         for start in range(0, len(texts), batch_size):
             enc = tasks.encode(self.backbone, texts[start:start + batch_size]).to(self.backbone.device)
@@ -122,7 +136,7 @@ class EditedModel:
         with torch.no_grad():
             if not route:
                 return enc, self._forward(enc.inputs).logits, [Route(None, None, NO_BLOCK)] * len(inputs)
-            with self.routed(enc.key_mask) as found:
+            with self.routed(enc.key_mask, inputs) as found:
                 logits = self._forward(enc.inputs).logits
         return enc, logits, found
 
@@ -131,7 +145,7 @@ class EditedModel:
         """Greedy text (causal LM, seq2seq) or label (classification) for each input."""
         backbone = self.backbone
         enc = tasks.encode(backbone, inputs).to(backbone.device)
-        scope = self.routed(enc.key_mask) if route else _no_routes(len(inputs))
+        scope = self.routed(enc.key_mask, inputs) if route else _no_routes(len(inputs))
         with scope as found:
             if backbone.task == "classification":
                 probs = torch.softmax(self._forward(enc.inputs).logits.float(), -1).cpu()

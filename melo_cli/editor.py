@@ -44,7 +44,7 @@ def ensure_router(edited: EditedModel, keys: np.ndarray) -> Router:
         config = edited.config
         if config.init_radius <= 0:
             config.init_radius = auto_radius(keys, config.metric)
-        edited.router = Router(keys.shape[1], config.metric, config.init_radius)
+        edited.router = Router(keys.shape[1], config.metric, config.init_radius, margin=config.margin)
     return edited.router
 
 
@@ -78,15 +78,19 @@ def train_block(edited: EditedModel, block: int, inputs: list[str], targets: lis
 
 
 def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[list[int]],
-        on_batch: Callable[[BatchReport], None] | None = None) -> list[BatchReport]:
+        on_batch: Callable[[BatchReport], None] | None = None, negatives: list[str] = ()) -> list[BatchReport]:
     """Apply `new` edits (positions grouped into `groups`) after the `history` the bundle already holds.
 
-    Edit number n refers to (history + new)[n], as stored in the bundle's edits.jsonl.
+    Edit number n refers to (history + new)[n], as stored in the bundle's edits.jsonl. Negatives
+    (inputs that must keep their output) enter the router first, so this run's clusters respect them.
     """
     all_edits = history + new
     offset = len(history)
     keys = edited.keys([e.input for e in new])
     router = ensure_router(edited, keys)
+    if negatives:
+        for key in edited.keys(list(negatives)):
+            router.add_negative(key)
     generator = torch.Generator().manual_seed(edited.config.seed + offset)
     reports = []
     for batch_number, group in enumerate(groups):

@@ -36,3 +36,31 @@ def hidden_of(output) -> torch.Tensor:
     if isinstance(hidden, torch.Tensor):
         return hidden
     raise TypeError(f"cannot find hidden states in a {type(output).__name__} output of the key layer")
+
+
+class SentenceEncoder:
+    """Keys from a separate sentence-embedding model: mean-pooled over real tokens, L2-normalised.
+
+    Used with `--key-source encoder`: the router then sees what the encoder thinks two inputs
+    mean rather than the base model's hidden state, which separates paraphrases from unrelated
+    inputs far better for small base models.
+    """
+
+    def __init__(self, source: str, device: torch.device, trust_remote_code: bool = False):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.source = source
+        self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        self.model = AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code).to(device).eval()
+        self.model.requires_grad_(False)
+        self.device = device
+
+    @torch.no_grad()
+    def keys(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                                 return_tensors="pt").to(self.device)
+            hidden = self.model(**enc).last_hidden_state
+            out.append(torch.nn.functional.normalize(pool(hidden, enc["attention_mask"], "mean"), dim=-1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, 0)

@@ -24,6 +24,8 @@ import numpy as np
 from .routes import NO_BLOCK
 
 METRICS = ("euclidean", "cosine")
+NEGATIVE = "\u0000no-edit"
+"""Label of a negative: an input whose output must not change. Its cluster has no block."""
 SHRINK = 0.999
 """Split radii are set to SHRINK * d / 2: just under half the distance, so two clusters never touch."""
 
@@ -46,7 +48,7 @@ class AddResult:
     """What adding one key did: which cluster now holds it and which rule fired."""
 
     cluster: int
-    rule: str  # "new", "join" or "split"
+    rule: str  # "new", "join", "split" or "negative"
     reassigned: bool = False  # the key joined a cluster of an earlier block, now moved to this one
 
 
@@ -65,11 +67,11 @@ class Router:
     """Clusters of edit keys, their radii and blocks, and the hnswlib index over their centres."""
 
     def __init__(self, dim: int, metric: str = "euclidean", init_radius: float = 1.0,
-                 ef: int = 64, M: int = 16):
+                 ef: int = 64, M: int = 16, margin: float = 0.0):
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
         self.dim, self.metric, self.init_radius = dim, metric, float(init_radius)
-        self.ef, self.M = ef, M
+        self.ef, self.M, self.margin = ef, M, float(margin)
         self.centres = np.zeros((0, dim), np.float32)
         self.radii = np.zeros(0, np.float32)
         self.blocks = np.zeros(0, np.int64)
@@ -142,6 +144,7 @@ class Router:
             reassigned = int(self.blocks[near]) != block
             self.blocks[near] = block
             self._index_put(near)
+            self._keep_clear_of_negatives(near)
             return AddResult(near, "join", reassigned)
         half = SHRINK * d / 2.0
         self.radii[near] = min(float(self.radii[near]), half)
@@ -151,6 +154,36 @@ class Router:
         cluster = self._new_cluster(key, label, block, new_radius)
         self._add_member(key, cluster, edit)
         return AddResult(cluster, "split")
+
+    def add_negative(self, key: np.ndarray) -> AddResult:
+        """Add the key of an input that must keep its output: a centre with no block.
+
+        Every edit cluster whose radius covers it shrinks to just under half the distance (the
+        split rule), so the negative routes to no block; negatives never join each other, so each
+        stays a centre where it is.
+        """
+        key = np.asarray(key, np.float32).reshape(self.dim)
+        covering = self._clusters_covering(key)
+        cluster = self._new_cluster(key, NEGATIVE, NO_BLOCK, self.init_radius)
+        self._add_member(key, cluster, -1)
+        for other, d in covering:
+            self.radii[other] = min(float(self.radii[other]), SHRINK * d / 2.0)
+            self._detach_outside(other, key)
+        return AddResult(cluster, "negative")
+
+    def _clusters_covering(self, key: np.ndarray, label: str = NEGATIVE) -> list[tuple[int, float]]:
+        """Clusters of another label whose radius covers `key`, among the 64 nearest centres."""
+        clusters, dists = self.nearest(key, 64)
+        return [(int(c), float(d)) for c, d in zip(clusters[0], dists[0])
+                if self.labels[c] != label and d <= self.radii[c]]
+
+    def _keep_clear_of_negatives(self, cluster: int) -> None:
+        """After a cluster grew: shrink it off any negative it now covers."""
+        clusters, dists = self.nearest(self.centres[cluster], 64)
+        for other, d in zip(clusters[0], dists[0]):
+            if self.labels[other] == NEGATIVE and d <= self.radii[cluster]:
+                self.radii[cluster] = min(float(self.radii[cluster]), SHRINK * float(d) / 2.0)
+                self._detach_outside(cluster, self.centres[other])
 
     def _detach_outside(self, cluster: int, key: np.ndarray) -> list[int]:
         """Members left outside a shrunken cluster become clusters of their own (same label and block).
@@ -181,8 +214,13 @@ class Router:
         return changed
 
     def route(self, keys: np.ndarray) -> list[Route]:
-        """For each key: the nearest cluster's block when inside its radius, else no block."""
-        clusters, dists = self.nearest(keys, 1)
+        """For each key: the nearest cluster's block when inside its radius, else no block.
+
+        With a margin m > 0 the nearest cluster must also be clearly nearest: every cluster of
+        another label (negatives included) must be at least (1 + m) times as far.
+        """
+        k = 8 if self.margin > 0 else 1
+        clusters, dists = self.nearest(keys, k)
         routes = []
         for row in range(len(clusters)):
             if clusters.shape[1] == 0:
@@ -190,6 +228,10 @@ class Router:
                 continue
             c, d = int(clusters[row, 0]), float(dists[row, 0])
             inside = d <= float(self.radii[c])
+            if inside and self.margin > 0:
+                rivals = [float(dr) for cr, dr in zip(clusters[row, 1:], dists[row, 1:])
+                          if self.labels[cr] != self.labels[c]]
+                inside = not rivals or rivals[0] >= (1.0 + self.margin) * d
             routes.append(Route(c, d, int(self.blocks[c]) if inside else NO_BLOCK))
         return routes
 
@@ -211,10 +253,10 @@ class Router:
 
     @classmethod
     def restore(cls, arrays: dict[str, np.ndarray], labels: list[str], index_path: Path,
-                metric: str, init_radius: float) -> "Router":
+                metric: str, init_radius: float, margin: float = 0.0) -> "Router":
         """Rebuild a router from its saved arrays and the hnswlib index file."""
         centres = arrays["centres"].astype(np.float32)
-        router = cls(centres.shape[1], metric, init_radius)
+        router = cls(centres.shape[1], metric, init_radius, margin=margin)
         router.centres, router.radii = centres, arrays["radii"].astype(np.float32)
         router.blocks = arrays["blocks"].astype(np.int64)
         router.member_keys = arrays["member_keys"].astype(np.float32)

@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from . import backbones, bundle as bundle_io, editor
 from .backbones import Backbone
 from .config import MeloConfig
 from .edited import EditedModel
 from .edits import Edit, ReadReport, batches, read_edits, read_holdout
 from .errors import BundleError, InputError
-from .keys import POOLINGS
+from .keys import POOLINGS, SentenceEncoder
 from .locks import bundle_locks
 from .router import METRICS
 
@@ -37,8 +39,13 @@ class EditOptions:
     rank_per_block: int = 4
     alpha: float | None = None
     key_pooling: str = "mean"
+    key_source: str = "base"
+    key_encoder: str | None = None
+    negatives: Path | None = None
+    """Inputs whose outputs must not change: their keys cap the radii of edit clusters."""
     metric: str = "euclidean"
     init_radius: str = "auto"
+    margin: float = 0.0
     lr: float = 1e-2
     max_steps: int = 100
     loss_threshold: float = 0.05
@@ -61,6 +68,10 @@ def _check_options(opts: EditOptions) -> None:
         raise InputError(f"--key-pooling {opts.key_pooling!r}: choose one of {', '.join(POOLINGS)}")
     if opts.metric not in METRICS:
         raise InputError(f"--metric {opts.metric!r}: choose one of {', '.join(METRICS)}")
+    if opts.key_source not in ("base", "encoder"):
+        raise InputError(f"--key-source {opts.key_source!r}: choose base or encoder")
+    if (opts.key_source == "encoder") != (opts.key_encoder is not None):
+        raise InputError("--key-source encoder goes with --key-encoder PATH_OR_ID (and only with it)")
     if opts.rank_per_block < 1:
         raise InputError("--rank-per-block must be at least 1")
     if opts.max_steps < 0 or opts.lr <= 0:
@@ -87,8 +98,8 @@ def new_config(backbone: Backbone, opts: EditOptions) -> MeloConfig:
         task=backbone.task, lora_layers=lora_layers, key_layer=key_layer,
         rank_per_block=opts.rank_per_block,
         alpha=float(opts.alpha) if opts.alpha is not None else 2.0 * opts.rank_per_block,
-        key_pooling=opts.key_pooling, metric=opts.metric,
-        init_radius=0.0 if opts.init_radius == "auto" else float(opts.init_radius),
+        key_pooling=opts.key_pooling, key_source=opts.key_source, key_encoder=opts.key_encoder, metric=opts.metric,
+        init_radius=0.0 if opts.init_radius == "auto" else float(opts.init_radius), margin=opts.margin,
         lr=opts.lr, max_steps=opts.max_steps, loss_threshold=opts.loss_threshold, seed=opts.seed,
     )
 
@@ -98,6 +109,28 @@ def base_info(backbone: Backbone, dtype: str) -> dict:
     return {"name": backbone.source, "fingerprint": backbones.fingerprint(backbone.model), "task": backbone.task,
             "model_type": config.model_type, "architecture": (config.architectures or [type(backbone.model).__name__])[0],
             "dtype": dtype}
+
+
+def load_encoder(config: MeloConfig, device: torch.device, manifest: dict | None, force: bool,
+                 trust_remote_code: bool = False) -> SentenceEncoder | None:
+    """The sentence encoder a bundle's keys come from (checked against its fingerprint), or None."""
+    if config.key_source != "encoder":
+        return None
+    try:
+        encoder = SentenceEncoder(config.key_encoder, device, trust_remote_code)
+    except (OSError, ValueError) as exc:
+        error = BundleError if manifest is not None else InputError
+        raise error(f"the router keys come from the sentence encoder {config.key_encoder!r}, which cannot be "
+                    f"loaded here: {str(exc).splitlines()[0]}") from None
+    if manifest is not None:
+        expected = (manifest.get("key_encoder") or {}).get("fingerprint")
+        actual = backbones.fingerprint(encoder.model)
+        if actual != expected:
+            message = f"key encoder {config.key_encoder!r} is not the encoder this bundle's keys were made with"
+            if not force:
+                raise BundleError(message + "; pass --force-base to apply it anyway")
+            log.warning("%s; applying anyway (--force-base)", message)
+    return encoder
 
 
 def check_base(backbone: Backbone, manifest: dict, force: bool) -> None:
@@ -120,7 +153,8 @@ def open_bundle(path: str | Path, *, base: str | None = None, device: str = "aut
         dtype = loaded.base.get("dtype", "auto")
     backbone = backbones.load(source, loaded.config.task, device, dtype, trust_remote_code)
     check_base(backbone, loaded.manifest, force_base)
-    edited = EditedModel(backbone, loaded.config, loaded.router)
+    encoder = load_encoder(loaded.config, backbone.device, loaded.manifest, force_base, trust_remote_code)
+    edited = EditedModel(backbone, loaded.config, loaded.router, encoder)
     try:
         edited.load_lora_state(loaded.lora)
     except (KeyError, ValueError) as exc:
@@ -152,11 +186,14 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
     if opts.eval_every < 0:
         raise InputError("--eval-every must be 0 (off) or a number of batches")
     holdout = read_holdout(opts.locality) if opts.locality is not None else []
+    negatives = [h.input for h in read_holdout(opts.negatives)] if opts.negatives is not None else []
+    if opts.margin < 0:
+        raise InputError("--margin must be >= 0")
     with bundle_locks([out] + ([continue_from] if continue_from is not None else []), wait):
         for stale in bundle_io.clean_stale(out, holding_lock=True):
             log.info("removed %s, left by a killed run", stale)
-        return _edit_locked(base, edits_path, new_edits, groups, holdout, out, continue_from, opts, on_batch, report,
-                            started)
+        return _edit_locked(base, edits_path, new_edits, groups, holdout, negatives, out, continue_from, opts,
+                            on_batch, report, started)
 
 
 def _check_labels(source: str, task: str, edits: list[Edit], edits_path: Path, trust_remote_code: bool) -> None:
@@ -204,8 +241,8 @@ def _history_recorder(edited: EditedModel, old_edits: list[Edit], new_edits: lis
     return record
 
 
-def _edit_locked(base, edits_path, new_edits, groups, holdout, out, continue_from, opts, on_batch, report,
-                 started) -> EditResult:
+def _edit_locked(base, edits_path, new_edits, groups, holdout, negatives, out, continue_from, opts, on_batch,
+                 report, started) -> EditResult:
     previous = None
     if continue_from is not None:
         previous = bundle_io.load(continue_from)
@@ -221,20 +258,22 @@ def _edit_locked(base, edits_path, new_edits, groups, holdout, out, continue_fro
     if previous is not None:
         check_base(backbone, previous.manifest, opts.force_base)
         config = previous.config
-        edited = EditedModel(backbone, config, previous.router)
+        encoder = load_encoder(config, backbone.device, previous.manifest, opts.force_base, opts.trust_remote_code)
+        edited = EditedModel(backbone, config, previous.router, encoder)
         edited.load_lora_state(previous.lora)
         old_edits, records = previous.edits, list(previous.records)
         batch_offset = previous.manifest["counts"]["batches"]
         history_rows = list(previous.history)
     else:
         config = new_config(backbone, opts)
-        edited = EditedModel(backbone, config)
+        encoder = load_encoder(config, backbone.device, None, False, opts.trust_remote_code)
+        edited = EditedModel(backbone, config, None, encoder)
         old_edits, records, batch_offset, history_rows = [], [], 0, []
 
     log.info("training %d edits in %d batches", len(new_edits), len(groups))
     recorder = _history_recorder(edited, old_edits, new_edits, groups, holdout, history_rows, batch_offset,
                                  opts.eval_every, started, on_batch)
-    reports = editor.run(edited, old_edits, new_edits, groups, recorder)
+    reports = editor.run(edited, old_edits, new_edits, groups, recorder, negatives)
     for report_, group in zip(reports, groups):
         for position in group:
             edit = new_edits[position]
@@ -250,8 +289,11 @@ def _edit_locked(base, edits_path, new_edits, groups, holdout, out, continue_fro
     tmp = bundle_io.temp_dir_for(out)
     try:
         extra = {bundle_io.HISTORY: "".join(json.dumps(r) + "\n" for r in history_rows)} if history_rows else None
+        key_encoder = (previous.manifest.get("key_encoder") if previous is not None else
+                       {"name": config.key_encoder, "fingerprint": backbones.fingerprint(encoder.model)}
+                       if encoder is not None else None)
         bundle_io.write_files(tmp, config=config, lora=edited.lora_state(), router=edited.router,
-                              records=records, base=info, counts=counts, extra_files=extra)
+                              records=records, base=info, counts=counts, extra_files=extra, key_encoder=key_encoder)
         bundle_io.publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -260,7 +302,8 @@ def _edit_locked(base, edits_path, new_edits, groups, holdout, out, continue_fro
     return EditResult({
         "bundle": str(out), "base_model": info["name"], "task": config.task,
         "edits": len(new_edits), "total_edits": len(records), "batches": len(groups),
-        "clusters": len(edited.router), "blocks": edited.n_blocks, "init_radius": config.init_radius,
+        "clusters": len(edited.router), "negatives": len(negatives), "blocks": edited.n_blocks,
+        "init_radius": config.init_radius,
         "steps_per_batch": [r.steps for r in reports], "converged_batches": sum(r.converged for r in reports),
         "unrouted_edits": len(lost), "skipped_lines": len(report.skipped) if report else 0,
         "history_rows": len(history_rows),

@@ -115,3 +115,44 @@ def test_auto_radius_is_half_the_median_nearest_neighbour_gap():
     keys = np.array([[0.0], [1.0], [3.0], [6.0]], np.float32)  # gaps 1, 1, 2, 3 -> median 1.5
     assert auto_radius(keys, "euclidean") == pytest.approx(0.75)
     assert auto_radius(keys[:1], "euclidean") > 0
+
+
+def test_a_negative_inside_an_edit_cluster_shrinks_it_and_routes_to_no_block():
+    from melo_cli.router import NEGATIVE
+
+    router = Router(1, init_radius=1.0)
+    router.add(v(0), "A", 0, 0)
+    router.add(v(0.8), "A", 0, 1)  # joins: centre 0.4, radius 1.0
+    assert router.route(v(1.2)[None])[0].routed  # covered before the negative arrives
+    result = router.add_negative(v(1.2))
+    assert result.rule == "negative" and router.labels[result.cluster] == NEGATIVE
+    assert router.radii[0] == pytest.approx(SHRINK * 0.4)  # d = 0.8 from the centre: just under d / 2
+    assert not router.route(v(1.2)[None])[0].routed
+    for key in (0.0, 0.8):  # both edits still route to block 0 (member 0.8 got its own centre)
+        route = router.route(v(key)[None])[0]
+        assert route.routed and route.block == 0 and router.labels[route.cluster] == "A"
+
+
+def test_edits_added_after_negatives_keep_clear_of_them():
+    router = Router(1, init_radius=1.0)
+    router.add_negative(v(0.5))
+    router.add(v(0), "A", 0, 0)  # nearest is the negative at 0.5: split, radius under 0.25
+    assert router.radii[1] < 0.25
+    router.add(v(-0.3), "A", 0, 1)  # joins A; the grown cluster must not cover the negative
+    assert not router.route(v(0.5)[None])[0].routed
+    assert router.route(v(0)[None])[0].routed and router.route(v(-0.3)[None])[0].routed
+
+
+def test_margin_routes_only_when_the_nearest_cluster_is_clearly_nearest():
+    plain, strict = Router(1, init_radius=2.0), Router(1, init_radius=2.0, margin=0.5)
+    for router in (plain, strict):
+        router.add(v(0), "A", 0, 0)
+        router.add(v(10), "B", 1, 1)
+    assert strict.route(v(1.0)[None])[0].block == 0  # 1.0 from A, 9.0 from B: clearly A
+    plain2, strict2 = Router(1, init_radius=3.0), Router(1, init_radius=3.0, margin=0.5)
+    for router in (plain2, strict2):
+        router.add(v(0), "A", 0, 0)
+        router.add(v(4.0), "B", 1, 1)  # split: radii 1.998
+    assert plain2.route(v(1.8)[None])[0].block == 0  # 1.8 from A, inside its radius
+    assert not strict2.route(v(1.8)[None])[0].routed  # B at 2.2 < 1.5 * 1.8: not clearly A
+    assert strict2.route(v(0.5)[None])[0].block == 0  # 0.5 vs 3.5: clearly A
