@@ -1,0 +1,370 @@
+"""Sequential editing of N CounterFact records on the real tiny Llama: melo vs a GRACE-style codebook vs
+plain LoRA fine-tuning, on the same model, data, order, seed and machine, in one run.
+
+    python benchmarks/editing.py                 # N=100, batches of 10 (minutes)
+    python benchmarks/editing.py --n 1000        # the full run
+
+Metrics (see melo_cli/evaluate.py for the definitions): edit success (ES) on the edits, generality on
+CounterFact's rephrase_prompt, locality on its locality_prompt (output identical to the unedited
+model), each teacher-forced (TF) and under greedy generation (gen); wall seconds per edit, training
+steps per batch, trainable parameters and saved bytes per edit. Rephrases and locality prompts are
+never trained on and never set a radius.
+
+The GRACE-style editor is ours, for comparison only (after Hartvigsen et al., NeurIPS 2023): one layer
+(the MLP down-projection of block 3, the lowest layer melo puts LoRA on); key = that layer's input at
+the last prompt token; a codebook of (key, value vector, radius); within a radius the value replaces the
+layer's output from the last prompt token on. Rules: a key farther than r + r0 adds an entry; the same
+label within reach expands the radius; another label splits both radii to d/2. Its r0 uses melo's auto
+rule (half the median nearest-neighbour distance of its keys), so both routers start on equal terms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from melo_cli import backbones, bundle as bundle_io, editor, tasks  # noqa: E402
+from melo_cli.config import MeloConfig  # noqa: E402
+from melo_cli.edited import EditedModel  # noqa: E402
+from melo_cli.edits import Edit  # noqa: E402
+from melo_cli.evaluate import produces  # noqa: E402
+from melo_cli.router import auto_radius  # noqa: E402
+from melo_cli.routes import NO_BLOCK  # noqa: E402
+
+MAX_STEPS, LOSS_THRESHOLD = 100, 0.05
+
+
+def train_until_done(params, loss_and_hits, lr: float) -> int:
+    """The shared stop rule: every target token is the argmax and the loss is under the threshold."""
+    optimizer = torch.optim.Adam(params, lr=lr)
+    for step in range(MAX_STEPS + 1):
+        loss_rows, hits = loss_and_hits()
+        loss = loss_rows.mean()
+        if (bool(hits.all()) and float(loss.detach()) < LOSS_THRESHOLD) or step == MAX_STEPS:
+            return step
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return MAX_STEPS
+
+
+# -- the three editors, behind one small interface ---------------------------------------------------
+class MeloEditor:
+    name = "melo"
+
+    def __init__(self, device: str, all_inputs: list[str], key_source: str = "base", key_encoder: str | None = None):
+        self.backbone = backbones.load(str(common.LLAMA), device=device)
+        model = self.backbone.model
+        lora = backbones.default_lora_layers(model, "causal-lm")
+        config = MeloConfig(task="causal-lm", lora_layers=lora, key_layer=backbones.default_key_layer(model, lora),
+                            key_source=key_source, key_encoder=key_encoder)
+        encoder = None
+        if key_source == "encoder":
+            from melo_cli.keys import SentenceEncoder
+            encoder = SentenceEncoder(key_encoder, self.backbone.device)
+        self.edited = EditedModel(self.backbone, config, None, encoder)
+        editor.ensure_router(self.edited, self.edited.keys(all_inputs))  # auto radius over the whole file, as the CLI
+        self.history: list[Edit] = []
+
+    def edit(self, batch: list[dict]) -> int:
+        new = [Edit(e["input"], e["target"]) for e in batch]
+        report = editor.run(self.edited, self.history, new, [list(range(len(new)))])[0]
+        self.history += new
+        return report.steps
+
+    def logits(self, inputs, targets):
+        enc, logits, _ = self.edited.teacher_forced(inputs, targets)
+        return enc, logits
+
+    def generate(self, inputs, n):
+        return [p.text for p in self.edited.predict(inputs, max_new_tokens=n)]
+
+    def trainable_per_batch(self) -> int:
+        return sum(layer.rank * (layer.in_features + layer.out_features) for layer in self.edited.layers.values())
+
+    def saved_bytes(self) -> int:
+        with tempfile.TemporaryDirectory() as tmp:
+            records = [e.to_json() for e in self.history]
+            bundle_io.write_files(Path(tmp), config=self.edited.config, lora=self.edited.lora_state(),
+                                  router=self.edited.router, records=records, base={"name": "llama"},
+                                  counts={"edits": len(records), "batches": 0, "blocks": self.edited.n_blocks,
+                                          "clusters": len(self.edited.router)})
+            return sum(p.stat().st_size for p in Path(tmp).iterdir())
+
+
+class LoraFinetune:
+    """Plain LoRA on melo's layers: one rank-8 adapter, always on, trained batch after batch."""
+
+    name = "lora-ft"
+
+    def __init__(self, device: str, rank: int = 8):
+        self.backbone = backbones.load(str(common.LLAMA), device=device)
+        model = self.backbone.model
+        lora = backbones.default_lora_layers(model, "causal-lm")
+        config = MeloConfig(task="causal-lm", lora_layers=lora, key_layer=backbones.default_key_layer(model, lora),
+                            rank_per_block=rank, alpha=2.0 * rank)
+        self.edited = EditedModel(self.backbone, config)
+        generator = torch.Generator().manual_seed(0)
+        self.params = [p for layer in self.edited.layers.values() for p in layer.start_block(0, generator)]
+
+    def _on(self, n: int):
+        return self.edited.routes.fixed(torch.zeros(n, dtype=torch.long, device=self.backbone.device))
+
+    def edit(self, batch: list[dict]) -> int:
+        enc = tasks.encode(self.backbone, [e["input"] for e in batch], [e["target"] for e in batch]).to(self.backbone.device)
+
+        def loss_and_hits():
+            with self._on(len(batch)):
+                return tasks.score(self.backbone, self.edited._forward(enc.inputs).logits, enc.targets)
+        return train_until_done(self.params, loss_and_hits, 1e-2)
+
+    @torch.no_grad()
+    def logits(self, inputs, targets):
+        enc = tasks.encode(self.backbone, inputs, targets).to(self.backbone.device)
+        with self._on(len(inputs)):
+            return enc, self.edited._forward(enc.inputs).logits
+
+    @torch.no_grad()
+    def generate(self, inputs, n):
+        enc = tasks.encode(self.backbone, inputs).to(self.backbone.device)
+        with self._on(len(inputs)):
+            out = self.backbone.model.generate(input_ids=enc.inputs["input_ids"], attention_mask=enc.inputs["attention_mask"],
+                                               max_new_tokens=n, do_sample=False, pad_token_id=self.backbone.pad_id)
+        return self.backbone.tokenizer.batch_decode(out[:, enc.inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def trainable_per_batch(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def saved_bytes(self) -> int:
+        return sum(p.numel() * 4 for p in self.params)
+
+
+class GraceStyle:
+    name = "grace-style"
+
+    def __init__(self, device: str, all_inputs: list[str]):
+        self.backbone = backbones.load(str(common.LLAMA), device=device)
+        self.layer = self.backbone.model.model.layers[3].mlp.down_proj
+        self.keys = torch.zeros(0, self.layer.in_features)
+        self.values = torch.zeros(0, self.layer.out_features)
+        self.radii, self.labels = [], []
+        self.state = None  # per call: (prompt lengths, chosen entry per row or -1), set by the hooks
+        self.layer.register_forward_hook(self._hook)
+        self.r0 = auto_radius(self._keys(all_inputs).numpy(), "euclidean")
+
+    def _hook(self, module, args, output):
+        if self.state is None:
+            return output
+        last, chosen, train_values = self.state
+        x = args[0]
+        if chosen is None:  # first forward of the call: decide from the key at the last prompt token
+            keys = x[torch.arange(x.shape[0]), last].detach().float()
+            chosen = torch.full((x.shape[0],), -1, dtype=torch.long)
+            if len(self.radii):
+                d = torch.cdist(keys.cpu(), self.keys)
+                best = d.argmin(1)
+                inside = d[torch.arange(len(best)), best] <= torch.tensor(self.radii)[best]
+                chosen = torch.where(inside, best, chosen)
+            self.state = (last, chosen, train_values)
+        values = train_values if train_values is not None else self.values
+        out = output.clone()
+        positions = torch.arange(x.shape[1], device=x.device)
+        for row in range(x.shape[0]):
+            if chosen[row] >= 0:
+                start = last[row] if x.shape[1] > 1 else 0
+                mask = positions >= start
+                out[row, mask] = values[chosen[row]].to(out.dtype)
+        return out
+
+    def _last(self, key_mask):
+        positions = torch.arange(key_mask.shape[1]).expand_as(key_mask)
+        return torch.where(key_mask.bool(), positions, -1).max(1).values
+
+    @torch.no_grad()
+    def _keys(self, inputs):
+        enc = tasks.encode(self.backbone, inputs)
+        taken = []
+        handle = self.layer.register_forward_hook(lambda m, a, o: taken.append(a[0].detach()))
+        self.backbone.model(**enc.inputs)
+        handle.remove()
+        return taken[0][torch.arange(len(inputs)), self._last(enc.key_mask)].float()
+
+    def _call(self, enc, train_values=None, chosen=None):
+        self.state = (self._last(enc.key_mask), chosen, train_values)
+        try:
+            return self.backbone.model(**enc.inputs).logits
+        finally:
+            self.state = None
+
+    def edit(self, batch: list[dict]) -> int:
+        keys = self._keys([e["input"] for e in batch])
+        rows_to_train = []
+        for key, e in zip(keys, batch):
+            if len(self.radii):
+                d = torch.cdist(key[None], self.keys)[0]
+                near = int(d.argmin())
+                dist = float(d[near])
+            if not len(self.radii) or dist > self.radii[near] + self.r0:
+                entry = self._add(key, e["target"], self.r0)
+            elif self.labels[near] == e["target"]:
+                self.radii[near] = max(self.radii[near], dist)  # expand
+                continue
+            else:
+                self.radii[near] = dist / 2
+                entry = self._add(key, e["target"], dist / 2)
+            rows_to_train.append((entry, e))
+        if not rows_to_train:
+            return 0
+        enc = tasks.encode(self.backbone, [e["input"] for _, e in rows_to_train], [e["target"] for _, e in rows_to_train])
+        with torch.no_grad():  # init each new value with the layer's own output at the key position
+            taken = []
+            handle = self.layer.register_forward_hook(lambda m, a, o: taken.append(o.detach()))
+            self.backbone.model(**enc.inputs)
+            handle.remove()
+            last = self._last(enc.key_mask)
+            for row, (entry, _) in enumerate(rows_to_train):
+                self.values[entry] = taken[0][row, last[row]].float()
+        values = torch.nn.Parameter(self.values.clone())
+        chosen = torch.tensor([entry for entry, _ in rows_to_train])
+        steps = train_until_done([values], lambda: tasks.score(self.backbone, self._call(enc, values, chosen), enc.targets), 1e-1)
+        with torch.no_grad():
+            for entry, _ in rows_to_train:  # only the new entries change
+                self.values[entry] = values[entry].detach()
+        return steps
+
+    def _add(self, key, label, radius) -> int:
+        self.keys = torch.cat([self.keys, key[None]])
+        self.values = torch.cat([self.values, torch.zeros(1, self.values.shape[1])])
+        self.radii.append(radius)
+        self.labels.append(label)
+        return len(self.radii) - 1
+
+    @torch.no_grad()
+    def logits(self, inputs, targets):
+        enc = tasks.encode(self.backbone, inputs, targets)
+        return enc, self._call(enc)
+
+    @torch.no_grad()
+    def generate(self, inputs, n):
+        enc = tasks.encode(self.backbone, inputs)
+        self.state = (self._last(enc.key_mask), None, None)
+        try:
+            out = self.backbone.model.generate(input_ids=enc.inputs["input_ids"], attention_mask=enc.inputs["attention_mask"],
+                                               max_new_tokens=n, do_sample=False, pad_token_id=self.backbone.pad_id)
+        finally:
+            self.state = None
+        return self.backbone.tokenizer.batch_decode(out[:, enc.inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def trainable_per_batch(self) -> int:
+        return self.layer.out_features  # one value vector per new entry (reported per edit below)
+
+    def saved_bytes(self) -> int:
+        return (self.keys.numel() + self.values.numel() + len(self.radii)) * 4 + sum(len(l.encode()) for l in self.labels)
+
+
+# -- scoring ---------------------------------------------------------------------------------------
+def chunks(items, size=32):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def tf_hits_and_argmax(ed, inputs, targets):
+    hits, argmaxes = [], []
+    for chunk in chunks(list(zip(inputs, targets))):
+        enc, logits = ed.logits([c[0] for c in chunk], [c[1] for c in chunk])
+        _, h = tasks.score(ed.backbone, logits, enc.targets)
+        hits += h.tolist()
+        am = torch.where(enc.inputs["attention_mask"].bool(), logits.argmax(-1), -1)
+        argmaxes += [row.tolist() for row in am]
+    return hits, argmaxes
+
+
+def gen_texts(ed, inputs, n):
+    return [t for chunk in chunks(inputs) for t in ed.generate(chunk, n)]
+
+
+def score(ed, records, base, full: bool) -> dict:
+    ins, tgt = [r["input"] for r in records], [r["target"] for r in records]
+    reph = [r["rephrases"][0] for r in records]
+    loc, loc_t = [r["locality"] for r in records], [r["locality_target"] for r in records]
+    es, _ = tf_hits_and_argmax(ed, ins, tgt)
+    gen, _ = tf_hits_and_argmax(ed, reph, tgt)
+    _, loc_am = tf_hits_and_argmax(ed, loc, loc_t)
+    out = {"es_tf": float(np.mean(es)), "gen_tf": float(np.mean(gen)),
+           "loc_tf": float(np.mean([a == b for a, b in zip(loc_am, base["loc_argmax"])]))}
+    if full:
+        out["es_gen"] = float(np.mean([produces(t, g) for t, g in zip(gen_texts(ed, ins, 14), tgt)]))
+        out["gen_gen"] = float(np.mean([produces(t, g) for t, g in zip(gen_texts(ed, reph, 14), tgt)]))
+        out["loc_gen"] = float(np.mean([a == b for a, b in zip(gen_texts(ed, loc, 8), base["loc_text"])]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--editors", default="melo,grace-style,lora-ft")
+    parser.add_argument("--tag", default=None, help="results file suffix (default: n<N>)")
+    parser.add_argument("--out", type=Path, default=common.RESULTS)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    records = common.counterfact(args.n)
+    batches = [records[i:i + args.batch_size] for i in range(0, len(records), args.batch_size)]
+    checkpoints = sorted({max(1, len(batches) // 4), max(1, len(batches) // 2), len(batches)})
+    env = common.environment(args.device)
+
+    base_model = LoraFinetune(args.device)  # with its adapter still zero it is the unedited model
+    base = {"loc_argmax": tf_hits_and_argmax(base_model, [r["locality"] for r in records],
+                                             [r["locality_target"] for r in records])[1],
+            "loc_text": gen_texts(base_model, [r["locality"] for r in records], 8)}
+    del base_model
+
+    results = {}
+    for name in args.editors.split(","):
+        inputs = [r["input"] for r in records]
+        ed = {"melo": lambda: MeloEditor(args.device, inputs), "grace-style": lambda: GraceStyle(args.device, inputs),
+              "lora-ft": lambda: LoraFinetune(args.device)}[name]()
+        steps, seconds, curve = [], 0.0, []
+        for number, batch in enumerate(batches, 1):
+            started = time.perf_counter()
+            steps.append(ed.edit(batch))
+            seconds += time.perf_counter() - started
+            if number in checkpoints:
+                seen = [r for b in batches[:number] for r in b]
+                point = score(ed, seen, {k: v[:len(seen)] for k, v in base.items()}, full=number == len(batches))
+                point["edits"] = len(seen)
+                curve.append(point)
+                print(f"{name} after {len(seen)} edits: {point}", file=sys.stderr)
+        final = curve[-1]
+        per_edit_params = (ed.trainable_per_batch() * len(batches) / args.n if name == "melo" else
+                           ed.trainable_per_batch() if name == "grace-style" else ed.trainable_per_batch() / args.n)
+        results[name] = {**final, "seconds_per_edit": seconds / args.n, "steps_per_batch_mean": float(np.mean(steps)),
+                         "steps_per_batch_max": int(max(steps)), "trainable_params_per_edit": per_edit_params,
+                         "saved_bytes_per_edit": ed.saved_bytes() / args.n, "curve": curve}
+        del ed
+
+    headers = ["editor", "ES tf", "ES gen", "gen tf", "gen gen", "loc tf", "loc gen", "s/edit", "steps/batch",
+               "params/edit", "bytes/edit"]
+    rows = [[name, r["es_tf"], r["es_gen"], r["gen_tf"], r["gen_gen"], r["loc_tf"], r["loc_gen"], r["seconds_per_edit"],
+             r["steps_per_batch_mean"], r["trainable_params_per_edit"], r["saved_bytes_per_edit"]]
+            for name, r in results.items()]
+    curve_rows = [[name, p["edits"], p["es_tf"], p["gen_tf"], p["loc_tf"]] for name, r in results.items() for p in r["curve"]]
+    markdown = (f"Sequential editing, CounterFact N={args.n}, batches of {args.batch_size}, tiny Llama (stories260K).\n\n"
+                + common.table(headers, rows) + "\n\nRetention over time (teacher-forced, on all edits so far):\n\n"
+                + common.table(["editor", "edits", "ES tf", "gen tf", "loc tf"], curve_rows))
+    common.write("editing", args.tag or f"n{args.n}", env, {"n": args.n, "batch_size": args.batch_size,
+                                                              "results": results}, markdown, args.out)
+
+
+if __name__ == "__main__":
+    main()
