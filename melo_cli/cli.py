@@ -77,6 +77,9 @@ def edit(
     metric: Annotated[str, typer.Option(help="Router distance: euclidean or cosine.")] = "euclidean",
     init_radius: Annotated[str, typer.Option(help="Radius of a new cluster: a number, or auto (half the median "
                                                   "nearest-neighbour distance of the edits' keys).")] = "auto",
+    radius_policy: Annotated[str, typer.Option(help="split: MELO/GRACE rules (same label joins, radii halve between "
+                                                     "labels); voronoi: every edit its own centre of radius r0, the "
+                                                     "nearest centre decides (see README, Router keys).")] = "split",
     margin: Annotated[float, typer.Option(help="Route only when every cluster of another label is (1 + margin) "
                                                "times farther than the nearest (0: off).")] = 0.0,
     lr: Annotated[float, typer.Option(help="Adam learning rate for each new block.")] = 1e-2,
@@ -116,7 +119,7 @@ def edit(
     opts = workflow.EditOptions(
         task=task, lora_layers=[s.strip() for s in lora_layers.split(",") if s.strip()] if lora_layers else None,
         key_layer=key_layer, rank_per_block=rank_per_block, key_pooling=key_pooling, key_source=key_source,
-        key_encoder=key_encoder, negatives=negatives, metric=metric, margin=margin,
+        key_encoder=key_encoder, negatives=negatives, metric=metric, margin=margin, radius_policy=radius_policy,
         init_radius=init_radius, lr=lr, max_steps=max_steps, loss_threshold=loss_threshold, batch_size=batch_size,
         seed=seed, device=device, dtype=dtype, skip_invalid=skip_invalid, force_base=force_base,
         trust_remote_code=trust_remote_code, overwrite=overwrite, eval_every=eval_every, locality=locality)

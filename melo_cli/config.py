@@ -23,6 +23,8 @@ class MeloConfig:
     metric: str = "euclidean"
     init_radius: float = 0.0
     """0 until resolved; `--init-radius auto` is resolved from the first edits' keys."""
+    radius_policy: str = "split"
+    """split (MELO/GRACE rules) or voronoi (every key a centre, the nearest centre decides)."""
     margin: float = 0.0
     """Route only if every cluster of another label is (1 + margin) times farther (0: off)."""
     lr: float = 1e-2

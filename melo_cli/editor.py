@@ -42,9 +42,10 @@ def ensure_router(edited: EditedModel, keys: np.ndarray) -> Router:
     """The model's router, created on the first edit with a radius resolved from these keys if asked."""
     if edited.router is None:
         config = edited.config
-        if config.init_radius <= 0:
-            config.init_radius = auto_radius(keys, config.metric)
-        edited.router = Router(keys.shape[1], config.metric, config.init_radius, margin=config.margin)
+        if config.init_radius <= 0:  # auto: half the gap for split (radii halve anyway), the gap for voronoi
+            config.init_radius = auto_radius(keys, config.metric, 1.0 if config.radius_policy == "voronoi" else 0.5)
+        edited.router = Router(keys.shape[1], config.metric, config.init_radius, margin=config.margin,
+                               policy=config.radius_policy)
     return edited.router
 
 

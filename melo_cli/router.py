@@ -24,6 +24,10 @@ import numpy as np
 from .routes import NO_BLOCK
 
 METRICS = ("euclidean", "cosine")
+POLICIES = ("split", "voronoi")
+"""split: MELO/GRACE's rules (join same labels, halve radii between labels). voronoi: every key is
+its own centre of radius r0 and nothing shrinks; the nearest centre decides between edits, and
+negatives, being centres with no block, take their own cells."""
 NEGATIVE = "\u0000no-edit"
 """Label of a negative: an input whose output must not change. Its cluster has no block."""
 SHRINK = 0.999
@@ -67,9 +71,12 @@ class Router:
     """Clusters of edit keys, their radii and blocks, and the hnswlib index over their centres."""
 
     def __init__(self, dim: int, metric: str = "euclidean", init_radius: float = 1.0,
-                 ef: int = 64, M: int = 16, margin: float = 0.0):
+                 ef: int = 64, M: int = 16, margin: float = 0.0, policy: str = "split"):
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        if policy not in POLICIES:
+            raise ValueError(f"unknown radius policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        self.policy = policy
         self.dim, self.metric, self.init_radius = dim, metric, float(init_radius)
         self.ef, self.M, self.margin = ef, M, float(margin)
         self.centres = np.zeros((0, dim), np.float32)
@@ -130,6 +137,10 @@ class Router:
         """Add the key of edit `edit` (label = its target) trained into `block`."""
         key = np.asarray(key, np.float32).reshape(self.dim)
         r0 = self.init_radius
+        if self.policy == "voronoi":
+            cluster = self._new_cluster(key, label, block, r0)
+            self._add_member(key, cluster, edit)
+            return AddResult(cluster, "new")
         clusters, dists = self.nearest(key, 1)
         if clusters.shape[1] == 0 or dists[0, 0] > self.radii[clusters[0, 0]] + r0:
             cluster = self._new_cluster(key, label, block, r0)
@@ -163,7 +174,7 @@ class Router:
         stays a centre where it is.
         """
         key = np.asarray(key, np.float32).reshape(self.dim)
-        covering = self._clusters_covering(key)
+        covering = self._clusters_covering(key) if self.policy == "split" else []
         cluster = self._new_cluster(key, NEGATIVE, NO_BLOCK, self.init_radius)
         self._add_member(key, cluster, -1)
         for other, d in covering:
@@ -253,10 +264,10 @@ class Router:
 
     @classmethod
     def restore(cls, arrays: dict[str, np.ndarray], labels: list[str], index_path: Path,
-                metric: str, init_radius: float, margin: float = 0.0) -> "Router":
+                metric: str, init_radius: float, margin: float = 0.0, policy: str = "split") -> "Router":
         """Rebuild a router from its saved arrays and the hnswlib index file."""
         centres = arrays["centres"].astype(np.float32)
-        router = cls(centres.shape[1], metric, init_radius, margin=margin)
+        router = cls(centres.shape[1], metric, init_radius, margin=margin, policy=policy)
         router.centres, router.radii = centres, arrays["radii"].astype(np.float32)
         router.blocks = arrays["blocks"].astype(np.int64)
         router.member_keys = arrays["member_keys"].astype(np.float32)

@@ -24,7 +24,7 @@ from .edits import Edit, ReadReport, batches, read_edits, read_holdout
 from .errors import BundleError, InputError
 from .keys import POOLINGS, SentenceEncoder
 from .locks import bundle_locks
-from .router import METRICS
+from .router import METRICS, POLICIES
 
 log = logging.getLogger("melo")
 
@@ -46,6 +46,7 @@ class EditOptions:
     metric: str = "euclidean"
     init_radius: str = "auto"
     margin: float = 0.0
+    radius_policy: str = "split"
     lr: float = 1e-2
     max_steps: int = 100
     loss_threshold: float = 0.05
@@ -100,6 +101,7 @@ def new_config(backbone: Backbone, opts: EditOptions) -> MeloConfig:
         alpha=float(opts.alpha) if opts.alpha is not None else 2.0 * opts.rank_per_block,
         key_pooling=opts.key_pooling, key_source=opts.key_source, key_encoder=opts.key_encoder, metric=opts.metric,
         init_radius=0.0 if opts.init_radius == "auto" else float(opts.init_radius), margin=opts.margin,
+        radius_policy=opts.radius_policy,
         lr=opts.lr, max_steps=opts.max_steps, loss_threshold=opts.loss_threshold, seed=opts.seed,
     )
 
@@ -187,6 +189,8 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
         raise InputError("--eval-every must be 0 (off) or a number of batches")
     holdout = read_holdout(opts.locality) if opts.locality is not None else []
     negatives = [h.input for h in read_holdout(opts.negatives)] if opts.negatives is not None else []
+    if opts.radius_policy not in POLICIES:
+        raise InputError(f"--radius-policy {opts.radius_policy!r}: choose one of {', '.join(POLICIES)}")
     if opts.margin < 0:
         raise InputError("--margin must be >= 0")
     with bundle_locks([out] + ([continue_from] if continue_from is not None else []), wait):

@@ -1,0 +1,107 @@
+"""Latency of generate and eval with a bundle of N edits against the bare base model, on the same inputs.
+
+    python benchmarks/overhead.py                  # a 1,000-edit bundle (CounterFact), 20 interleaved reps
+
+The bare model is a separately loaded Hugging Face model with no wrappers and no hooks. Each
+repetition times the bare model and the edited one back to back on the same batch, so machine noise
+hits both; we report the median of the per-repetition ratios and its spread (25th-75th percentile).
+Two input sets: unrelated prompts (outside every radius, the common case in production) and the
+edits' own prompts (every row routed to a LoRA block).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from melo_cli import backbones, tasks, workflow  # noqa: E402
+from helpers_io import write_jsonl  # noqa: E402
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000, help="edits in the bundle")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tag", default=None)
+    parser.add_argument("--out", type=Path, default=common.RESULTS)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    env = common.environment(args.device)
+    records = common.counterfact(args.n)
+    with tempfile.TemporaryDirectory() as tmp:
+        edits = write_jsonl(Path(tmp) / "edits.jsonl", [{"input": r["input"], "target": r["target"]} for r in records])
+        started = time.perf_counter()
+        workflow.run_edit(str(common.LLAMA), edits, Path(tmp) / "bundle", continue_from=None,
+                          opts=workflow.EditOptions(batch_size=10, device=args.device))
+        build_seconds = time.perf_counter() - started
+        _, edited = workflow.open_bundle(Path(tmp) / "bundle", device=args.device)
+    bare = backbones.load(str(common.LLAMA), device=args.device)
+    sets = {"unrelated": [r["locality"] for r in common.counterfact(args.batch, offset=args.n)],
+            "edited": [r["input"] for r in records[:args.batch]]}
+    results = {}
+    for name, prompts in sets.items():
+        targets = [r["target"] for r in records[:args.batch]]
+        enc = tasks.encode(bare, prompts).to(bare.device)
+        tf = tasks.encode(bare, prompts, targets).to(bare.device)
+        kwargs = {"input_ids": enc.inputs["input_ids"], "attention_mask": enc.inputs["attention_mask"],
+                  "max_new_tokens": args.new_tokens, "do_sample": False, "pad_token_id": bare.pad_id}
+
+        @torch.no_grad()
+        def bare_generate():
+            bare.model.generate(**kwargs)
+
+        @torch.no_grad()
+        def bare_eval():
+            bare.model(**tf.inputs)
+
+        routed = []
+        ratios = {"generate": [], "eval": []}
+        seconds = {"generate": ([], []), "eval": ([], [])}
+        for rep in range(args.reps + 2):  # two warm-up repetitions are dropped
+            for kind, base_fn, edit_fn in (
+                    ("generate", bare_generate, lambda: routed.append(edited.predict(prompts, args.new_tokens))),
+                    ("eval", bare_eval, lambda: edited.teacher_forced(prompts, targets))):
+                b, e = timed(base_fn), timed(edit_fn)
+                if rep >= 2:
+                    ratios[kind].append(e / b)
+                    seconds[kind][0].append(b)
+                    seconds[kind][1].append(e)
+        n_routed = sum(p.route.routed for p in routed[-1])
+        results[name] = {kind: {"ratio_median": float(np.median(r)), "ratio_p25": float(np.percentile(r, 25)),
+                                "ratio_p75": float(np.percentile(r, 75)),
+                                "bare_ms": 1000 * float(np.median(seconds[kind][0])),
+                                "bundle_ms": 1000 * float(np.median(seconds[kind][1]))}
+                         for kind, r in ratios.items()}
+        results[name]["routed_rows"] = n_routed
+    rows = [[name, kind, r[kind]["bare_ms"], r[kind]["bundle_ms"], r[kind]["ratio_median"],
+             f"{r[kind]['ratio_p25']:.3f}-{r[kind]['ratio_p75']:.3f}", f"{r['routed_rows']}/{args.batch}"]
+            for name, r in results.items() for kind in ("generate", "eval")]
+    markdown = (f"Bundle of {args.n} edits ({edited.n_blocks} blocks, {len(edited.router)} clusters; built in "
+                f"{build_seconds:.0f} s) vs the bare model, batches of {args.batch}, {args.new_tokens} new tokens, "
+                f"{args.reps} interleaved repetitions.\n\n"
+                + common.table(["inputs", "call", "bare ms", "bundle ms", "ratio (median)", "ratio p25-p75", "routed"],
+                               rows))
+    common.write("overhead", args.tag or f"n{args.n}", env, {"n": args.n, "results": results,
+                                                            "build_seconds": build_seconds}, markdown, args.out)
+
+
+if __name__ == "__main__":
+    main()
