@@ -2,7 +2,8 @@
 
     python benchmarks/overhead.py                  # a 1,000-edit bundle (CounterFact), 20 interleaved reps
 
-The bare model is a separately loaded Hugging Face model with no wrappers and no hooks. Each
+The bare model is a separately loaded Hugging Face model with no wrappers and no hooks, driven from
+text to text exactly as melo is (tokenize, forward or generate, decode). Each
 repetition times the bare model and the edited one back to back on the same batch, so machine noise
 hits both; we report the median of the per-repetition ratios and its spread (25th-75th percentile).
 Two input sets: unrelated prompts (outside every radius, the common case in production) and the
@@ -59,18 +60,17 @@ def main() -> None:
     results = {}
     for name, prompts in sets.items():
         targets = [r["target"] for r in records[:args.batch]]
-        enc = tasks.encode(bare, prompts).to(bare.device)
-        tf = tasks.encode(bare, prompts, targets).to(bare.device)
-        kwargs = {"input_ids": enc.inputs["input_ids"], "attention_mask": enc.inputs["attention_mask"],
-                  "max_new_tokens": args.new_tokens, "do_sample": False, "pad_token_id": bare.pad_id}
 
         @torch.no_grad()
-        def bare_generate():
-            bare.model.generate(**kwargs)
+        def bare_generate():  # from text to text, as melo generate does: tokenize, generate, decode
+            enc = tasks.encode(bare, prompts).to(bare.device)
+            out = bare.model.generate(input_ids=enc.inputs["input_ids"], attention_mask=enc.inputs["attention_mask"],
+                                      max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=bare.pad_id)
+            bare.tokenizer.batch_decode(out[:, enc.inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
         @torch.no_grad()
-        def bare_eval():
-            bare.model(**tf.inputs)
+        def bare_eval():  # tokenize input + target, one teacher-forced forward
+            bare.model(**tasks.encode(bare, prompts, targets).to(bare.device).inputs)
 
         routed = []
         ratios = {"generate": [], "eval": []}

@@ -75,8 +75,9 @@ def edit(
     negatives: Annotated[Optional[Path], typer.Option(help="JSONL of inputs whose outputs must not change: their "
                                                            "keys shrink any edit cluster that would cover them.")] = None,
     metric: Annotated[str, typer.Option(help="Router distance: euclidean or cosine.")] = "euclidean",
-    init_radius: Annotated[str, typer.Option(help="Radius of a new cluster: a number, or auto (half the median "
-                                                  "nearest-neighbour distance of the edits' keys).")] = "auto",
+    init_radius: Annotated[str, typer.Option(help="Radius of a new cluster: a number, or auto (from the median "
+                                                  "nearest-neighbour distance of the edits' keys: half of it for "
+                                                  "split, all of it for voronoi).")] = "auto",
     radius_policy: Annotated[str, typer.Option(help="split: MELO/GRACE rules (same label joins, radii halve between "
                                                      "labels); voronoi: every edit its own centre of radius r0, the "
                                                      "nearest centre decides (see README, Router keys).")] = "split",

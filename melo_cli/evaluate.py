@@ -101,6 +101,22 @@ def _share(values: list[bool]) -> float | None:
     return None if not values else round(sum(values) / len(values), 6)
 
 
+def success(edited: EditedModel, edits: list[Edit], mode: str = "teacher-forced", batch_size: int = 32,
+            advance: Callable[[int], None] = lambda n: None) -> float | None:
+    """Share of edits whose target the edited model produces (None for no edits)."""
+    outcomes = _run(edited, mode, [e.input for e in edits], [e.target for e in edits], True, batch_size, advance)
+    return _share([o.hit for o in outcomes])
+
+
+def locality(edited: EditedModel, holdout: list[Holdout], mode: str = "teacher-forced", batch_size: int = 32,
+             advance: Callable[[int], None] = lambda n: None) -> tuple[float | None, list[Outcome], list[Outcome]]:
+    """Share of holdout inputs whose output is the base model's; with the outcomes after and before."""
+    inputs, targets = [h.input for h in holdout], [h.target for h in holdout]
+    after = _run(edited, mode, inputs, targets, True, batch_size, advance)
+    before = _run(edited, mode, inputs, targets, False, batch_size, advance)
+    return _share([a.output == b.output for a, b in zip(after, before)]), after, before
+
+
 def perplexity(edited: EditedModel, inputs: list[str], targets: list[str], batch_size: int) -> dict | None:
     """exp(mean NLL per target token) under the base and the edited model (causal LMs only)."""
     if edited.backbone.task != "causal-lm" or not inputs:
@@ -143,11 +159,8 @@ def evaluate(edited: EditedModel, edits: list[Edit], holdout: list[Holdout], mod
         gen = _run(edited, mode, [r for r, _ in rephrased], [e.target for _, e in rephrased], True, batch_size, advance)
         metrics = {"edit_success": _share([o.hit for o in es]), "generality": _share([o.hit for o in gen])}
         if holdout:
-            h_in, h_t = [h.input for h in holdout], [h.target for h in holdout]
-            after = _run(edited, mode, h_in, h_t, True, batch_size, advance)
-            before = _run(edited, mode, h_in, h_t, False, batch_size, advance)
-            metrics["locality"] = _share([a.output == b.output for a, b in zip(after, before)])
-            if all(t is not None for t in h_t):
+            metrics["locality"], after, before = locality(edited, holdout, mode, batch_size, advance)
+            if all(h.target is not None for h in holdout):
                 metrics["holdout_accuracy"] = {"base": _share([b.hit for b in before]),
                                                "edited": _share([a.hit for a in after])}
             else:

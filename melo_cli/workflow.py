@@ -217,10 +217,7 @@ def _history_recorder(edited: EditedModel, old_edits: list[Edit], new_edits: lis
                       holdout: list, rows: list[dict], batch_offset: int, every: int, started: float,
                       on_batch: Callable | None) -> Callable[[editor.BatchReport], None]:
     """An on_batch callback that appends a retention row every `every` batches (teacher-forced)."""
-    from .evaluate import teacher_forced
-
-    def share(outcomes) -> float | None:
-        return round(sum(o.hit for o in outcomes) / len(outcomes), 6) if outcomes else None
+    from . import evaluate
 
     def record(report: editor.BatchReport) -> None:
         if on_batch is not None:
@@ -230,15 +227,9 @@ def _history_recorder(edited: EditedModel, old_edits: list[Edit], new_edits: lis
         current = [new_edits[p] for p in groups[report.batch]]
         earlier = old_edits + [new_edits[p] for g in groups[:report.batch] for p in g]
         row = {"batches": batch_offset + report.batch + 1, "edits": len(earlier) + len(current),
-               "edit_success": share(teacher_forced(edited, [e.input for e in current], [e.target for e in current], True, 32)),
-               "retention": share(teacher_forced(edited, [e.input for e in earlier], [e.target for e in earlier], True, 32)),
-               "locality": None, "seconds": round(time.perf_counter() - started, 3)}
-        if holdout:
-            inputs = [h.input for h in holdout]
-            targets = [h.target if h.target is not None else " " for h in holdout]
-            after = teacher_forced(edited, inputs, targets, True, 32)
-            before = teacher_forced(edited, inputs, targets, False, 32)
-            row["locality"] = round(sum(a.output == b.output for a, b in zip(after, before)) / len(holdout), 6)
+               "edit_success": evaluate.success(edited, current), "retention": evaluate.success(edited, earlier),
+               "locality": evaluate.locality(edited, holdout)[0] if holdout else None,
+               "seconds": round(time.perf_counter() - started, 3)}
         rows.append(row)
         log.info("history: %s", row)
 
