@@ -105,15 +105,21 @@ class BlockLoRA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        block_ids = self.routes.block_ids()
-        if block_ids is None:
+        scope = self.routes.active()
+        if scope is None:
             return out
-        if block_ids.shape[0] != x.shape[0]:
-            raise RuntimeError(f"route has {block_ids.shape[0]} rows but the layer input has {x.shape[0]}")
-        rows = torch.nonzero(block_ids != NO_BLOCK).flatten()
+        if scope.block_ids.shape[0] != x.shape[0]:
+            raise RuntimeError(f"route has {scope.block_ids.shape[0]} rows but the layer input has {x.shape[0]}")
+        rows, ids = scope.routed_rows()
         if rows.numel() == 0:
             return out
-        a, b = self._weights_for(block_ids[rows])
+        if self.train_block is None:  # frozen weights: gather once per call, reuse at every decoding step
+            key = ("weights", id(self))
+            if key not in scope.cache:
+                scope.cache[key] = self._weights_for(ids)
+            a, b = scope.cache[key]
+        else:
+            a, b = self._weights_for(ids)
         xr = x[rows].to(a.dtype)
         squeeze = xr.dim() == 2
         if squeeze:

@@ -28,8 +28,16 @@ class RouteScope:
     """(batch, seq) mask of the positions that make each row's key (by_key scopes)."""
     on_keys: Callable[[torch.Tensor], torch.Tensor] | None = None
     """pooled keys (batch, dim) -> block ids; called once, by the key-layer hook."""
-    details: dict = field(default_factory=dict)
-    """What the decision found (cluster ids, distances), for reporting."""
+    cache: dict = field(default_factory=dict)
+    """Per-call values derived from block_ids (routed rows, gathered LoRA weights), computed once:
+    under `generate` every decoding step reuses them."""
+
+    def routed_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions of the rows that have a block, their block ids), computed once per call."""
+        if "rows" not in self.cache:
+            rows = torch.nonzero(self.block_ids != NO_BLOCK).flatten()
+            self.cache["rows"] = (rows, self.block_ids[rows])
+        return self.cache["rows"]
 
 
 class Routes:
@@ -46,6 +54,11 @@ class Routes:
         """The block id per row of the running forward, or None (base model everywhere)."""
         scope = self.scope
         return None if scope is None else scope.block_ids
+
+    def active(self) -> RouteScope | None:
+        """The open scope once its routes are decided, else None."""
+        scope = self.scope
+        return scope if scope is not None and scope.block_ids is not None else None
 
     @contextmanager
     def _open(self, scope: RouteScope) -> Iterator[RouteScope]:

@@ -50,3 +50,14 @@ def test_overhead_benchmark_smoke(shared, tmp_path):
 def test_router_benchmark_smoke(tmp_path):
     data = run_benchmark("router.py", "--sizes", "300", "--dims", "16", "--queries", "50", out=tmp_path)
     assert data["results"][0]["recall_at_1"] > 0.9
+
+
+def test_the_benchmark_readme_shows_exactly_the_committed_results():
+    """benchmarks/README.md is rebuilt from results/*.md by report.py; a stale README fails here."""
+    results = sorted((ROOT / "benchmarks" / "results").glob("*.md"))
+    assert {p.stem for p in results} >= {"editing-n100", "editing-n1000", "keys-latest", "overhead-n1000",
+                                         "router-latest"}
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
+    for path in results:
+        assert path.read_text().strip() in readme, f"{path.name} is not in benchmarks/README.md: run report.py"
+        assert path.with_suffix(".json").exists()
