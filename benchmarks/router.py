@@ -37,7 +37,8 @@ def make_centres(rng, kind: str, size: int, dim: int) -> np.ndarray:
         return rng.standard_normal((size, dim), dtype=np.float32)
     latent = rng.standard_normal((size, 32), dtype=np.float32)
     projection = rng.standard_normal((32, dim), dtype=np.float32) / np.sqrt(32)
-    return latent @ projection + 0.1 * rng.standard_normal((size, dim), dtype=np.float32) / np.sqrt(dim)
+    noise = rng.standard_normal((size, dim), dtype=np.float32) * np.float32(0.1 / np.sqrt(dim))
+    return (latent @ projection + noise).astype(np.float32)  # float32 like real keys: brute force must not run in float64
 
 
 def brute_force(centres: np.ndarray, norms: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -80,7 +81,8 @@ def main() -> None:
             d[np.arange(min(200, len(sample))), np.arange(min(200, len(sample)))] = np.inf
             gap = float(np.median(np.sqrt(d.min(1))))  # typical nearest-neighbour distance
             picks = rng.integers(0, size, args.queries)
-            queries = centres[picks] + rng.standard_normal((args.queries, dim), dtype=np.float32) * (0.1 * gap / np.sqrt(dim))
+            queries = (centres[picks] + rng.standard_normal((args.queries, dim), dtype=np.float32)
+                       * np.float32(0.1 * gap / np.sqrt(dim))).astype(np.float32)
             router = Router(dim)  # melo's settings: M, ef_construction, ef
             index = hnswlib.Index(space="l2", dim=dim)
             started = time.perf_counter()
