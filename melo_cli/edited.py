@@ -106,20 +106,13 @@ class EditedModel:
         out = []
         for start in range(0, len(texts), batch_size):
             enc = tasks.encode(self.backbone, texts[start:start + batch_size]).to(self.backbone.device)
-            taken: list[torch.Tensor] = []
-
-            def take(keys: torch.Tensor) -> torch.Tensor:
-                taken.append(keys)
-                raise _KeysTaken(keys)
-
-            with self.routes.by_key(enc.key_mask, take):
+            with self.routes.by_key(enc.key_mask, _stop_with_keys):
                 try:
                     self._forward(enc.inputs)
-                except _KeysTaken:
-                    pass
-            if not taken:
-                raise RuntimeError(f"the key layer {self.config.key_layer} did not run")
-            out.append(taken[0].float().cpu().numpy())
+                except _KeysTaken as taken:
+                    out.append(taken.keys.float().cpu().numpy())
+                    continue
+            raise RuntimeError(f"the key layer {self.config.key_layer} did not run")
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def _forward(self, inputs: dict[str, torch.Tensor]):
@@ -184,6 +177,10 @@ class EditedModel:
                                  f"the model needs (*, {layer.rank}, {layer.in_features}), (*, {layer.out_features}, {layer.rank})")
             layer.lora_A = a.to(layer.lora_A.device, torch.float32)
             layer.lora_B = b.to(layer.lora_B.device, torch.float32)
+
+
+def _stop_with_keys(keys: torch.Tensor) -> torch.Tensor:
+    raise _KeysTaken(keys)
 
 
 @contextmanager
