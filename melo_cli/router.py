@@ -157,10 +157,8 @@ class Router:
             self._index_put(near)
             self._keep_clear_of_negatives(near)
             return AddResult(near, "join", reassigned)
-        half = SHRINK * d / 2.0
-        self.radii[near] = min(float(self.radii[near]), half)
-        new_radius = min(r0, half)
-        for cluster in self._detach_outside(near, key):
+        new_radius = min(r0, SHRINK * d / 2.0)
+        for cluster in self._shrink_off(near, key, d):
             new_radius = min(new_radius, SHRINK * float(distance(self.centres[cluster][None], key, self.metric)[0]) / 2)
         cluster = self._new_cluster(key, label, block, new_radius)
         self._add_member(key, cluster, edit)
@@ -174,27 +172,31 @@ class Router:
         stays a centre where it is.
         """
         key = np.asarray(key, np.float32).reshape(self.dim)
-        covering = self._clusters_covering(key) if self.policy == "split" else []
+        covering = self._edit_clusters_covering(key) if self.policy == "split" else []
         cluster = self._new_cluster(key, NEGATIVE, NO_BLOCK, self.init_radius)
         self._add_member(key, cluster, -1)
         for other, d in covering:
-            self.radii[other] = min(float(self.radii[other]), SHRINK * d / 2.0)
-            self._detach_outside(other, key)
+            self._shrink_off(other, key, d)
         return AddResult(cluster, "negative")
 
-    def _clusters_covering(self, key: np.ndarray, label: str = NEGATIVE) -> list[tuple[int, float]]:
-        """Clusters of another label whose radius covers `key`, among the 64 nearest centres."""
+    def _edit_clusters_covering(self, key: np.ndarray) -> list[tuple[int, float]]:
+        """Edit clusters whose radius covers `key`, among the 64 nearest centres."""
         clusters, dists = self.nearest(key, 64)
         return [(int(c), float(d)) for c, d in zip(clusters[0], dists[0])
-                if self.labels[c] != label and d <= self.radii[c]]
+                if self.labels[c] != NEGATIVE and d <= self.radii[c]]
 
     def _keep_clear_of_negatives(self, cluster: int) -> None:
         """After a cluster grew: shrink it off any negative it now covers."""
         clusters, dists = self.nearest(self.centres[cluster], 64)
         for other, d in zip(clusters[0], dists[0]):
             if self.labels[other] == NEGATIVE and d <= self.radii[cluster]:
-                self.radii[cluster] = min(float(self.radii[cluster]), SHRINK * float(d) / 2.0)
-                self._detach_outside(cluster, self.centres[other])
+                self._shrink_off(cluster, self.centres[other], float(d))
+
+    def _shrink_off(self, cluster: int, key: np.ndarray, d: float) -> list[int]:
+        """The split rule's shrink: `cluster` (at distance d from `key`) to just under d / 2, and its
+        members left outside get clusters of their own; returns the clusters whose centre moved or was made."""
+        self.radii[cluster] = min(float(self.radii[cluster]), SHRINK * d / 2.0)
+        return self._detach_outside(cluster, key)
 
     def _detach_outside(self, cluster: int, key: np.ndarray) -> list[int]:
         """Members left outside a shrunken cluster become clusters of their own (same label and block).
