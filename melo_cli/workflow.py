@@ -73,6 +73,12 @@ def _check_options(opts: EditOptions) -> None:
         raise InputError(f"--key-source {opts.key_source!r}: choose base or encoder")
     if (opts.key_source == "encoder") != (opts.key_encoder is not None):
         raise InputError("--key-source encoder goes with --key-encoder PATH_OR_ID (and only with it)")
+    if opts.radius_policy not in POLICIES:
+        raise InputError(f"--radius-policy {opts.radius_policy!r}: choose one of {', '.join(POLICIES)}")
+    if opts.margin < 0:
+        raise InputError("--margin must be >= 0")
+    if opts.eval_every < 0:
+        raise InputError("--eval-every must be 0 (off) or a number of batches")
     if opts.rank_per_block < 1:
         raise InputError("--rank-per-block must be at least 1")
     if opts.max_steps < 0 or opts.lr <= 0:
@@ -185,14 +191,8 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
         raise InputError(f"{out}: exists and is not a melo bundle; refusing to replace it")
     new_edits = read_edits(edits_path, skip_invalid=opts.skip_invalid, report=report)
     groups = batches(new_edits, opts.batch_size)
-    if opts.eval_every < 0:
-        raise InputError("--eval-every must be 0 (off) or a number of batches")
     holdout = read_holdout(opts.locality) if opts.locality is not None else []
     negatives = [h.input for h in read_holdout(opts.negatives)] if opts.negatives is not None else []
-    if opts.radius_policy not in POLICIES:
-        raise InputError(f"--radius-policy {opts.radius_policy!r}: choose one of {', '.join(POLICIES)}")
-    if opts.margin < 0:
-        raise InputError("--margin must be >= 0")
     with bundle_locks([out] + ([continue_from] if continue_from is not None else []), wait):
         for stale in bundle_io.clean_stale(out, holding_lock=True):
             log.info("removed %s, left by a killed run", stale)
