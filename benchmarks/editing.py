@@ -90,7 +90,7 @@ class MeloEditor:
 
     def edit(self, batch: list[dict]) -> int:
         new = [Edit(e["input"], e["target"]) for e in batch]
-        report = editor.run(self.edited, self.history, new, [list(range(len(new)))])[0]
+        report = editor.run(self.edited, self.history, new, [list(range(len(new)))]).reports[0]
         self.history += new
         return report.steps
 

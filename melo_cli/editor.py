@@ -78,8 +78,16 @@ def train_block(edited: EditedModel, block: int, inputs: list[str], targets: lis
     return steps, loss_value, done
 
 
+@dataclass
+class RunResult:
+    reports: list[BatchReport]
+    unreachable: list[int]
+    """Edit numbers whose own input, after all batches, does not route to a cluster of its target
+    (a later edit of another target split it off)."""
+
+
 def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[list[int]],
-        on_batch: Callable[[BatchReport], None] | None = None, negatives: list[str] = ()) -> list[BatchReport]:
+        on_batch: Callable[[BatchReport], None] | None = None, negatives: list[str] = ()) -> RunResult:
     """Apply `new` edits (positions grouped into `groups`) after the `history` the bundle already holds.
 
     Edit number n refers to (history + new)[n], as stored in the bundle's edits.jsonl. Negatives
@@ -113,13 +121,7 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
         reports.append(report)
         if on_batch is not None:
             on_batch(report)
-    return reports
-
-
-def unreachable(edited: EditedModel, edits: list[Edit], numbers: list[int]) -> list[int]:
-    """Edit numbers whose own input does not route to a cluster teaching its target."""
-    if not edits:
-        return []
-    router = edited.router
-    routes = router.route(edited.keys([e.input for e in edits]))
-    return [n for n, e, r in zip(numbers, edits, routes) if not r.routed or router.labels[r.cluster] != e.target]
+    routes = router.route(keys) if len(new) else []
+    lost = [offset + i for i, (e, r) in enumerate(zip(new, routes))
+            if not r.routed or router.labels[r.cluster] != e.target]
+    return RunResult(reports, lost)

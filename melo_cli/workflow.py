@@ -268,13 +268,13 @@ def _edit_locked(base, edits_path, new_edits, groups, holdout, negatives, out, c
     log.info("training %d edits in %d batches", len(new_edits), len(groups))
     recorder = _history_recorder(edited, old_edits, new_edits, groups, holdout, history_rows, batch_offset,
                                  opts.eval_every, started, on_batch)
-    reports = editor.run(edited, old_edits, new_edits, groups, recorder, negatives)
+    result = editor.run(edited, old_edits, new_edits, groups, recorder, negatives)
+    reports, lost = result.reports, result.unreachable
     for report_, group in zip(reports, groups):
         for position in group:
             edit = new_edits[position]
             records.append(edit.to_json(batch=edit.batch if edit.batch is not None else str(batch_offset + report_.batch),
                                         block=report_.block))
-    lost = editor.unreachable(edited, new_edits, list(range(len(old_edits), len(old_edits) + len(new_edits))))
     if lost:
         log.warning("%d edit(s) do not route to a cluster of their target: %s", len(lost),
                     ", ".join(str(n) for n in lost[:10]))
