@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import threads
 from .errors import InputError
 from .lora import is_lora_target
 
@@ -60,6 +61,23 @@ def detect_task(config) -> str:
     raise InputError(f"cannot tell the task of model type {config.model_type!r}; pass --task")
 
 
+def task_for(config, task: str) -> str:
+    """The task to load a model for: detected, or the one asked for if this architecture supports it."""
+    if task == "auto":
+        return detect_task(config)
+    if task not in TASKS:
+        raise InputError(f"--task {task!r}: choose one of auto, {', '.join(TASKS)}")
+    from transformers.models.auto import modeling_auto as auto
+
+    supported = {"causal-lm": auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                 "seq2seq": auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+                 "classification": auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES}[task]
+    if config.model_type not in supported and not getattr(config, "auto_map", None):
+        raise InputError(f"--task {task}: a {config.model_type!r} model has no {task} form in transformers "
+                         f"(it was made for {detect_task(config)})")
+    return task
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -68,10 +86,40 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def quiet_transformers() -> None:
+    """transformers' own logging and progress bars off unless melo logs at debug level (-v)."""
+    from transformers.utils import logging as hf_logging
+
+    if log.isEnabledFor(logging.DEBUG):
+        hf_logging.set_verbosity_info()
+    else:
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
+def looks_local(source: str) -> bool:
+    """Whether a model name means a path on this machine rather than a hub id.
+
+    `./x`, `../x`, `/x`, `~/x`, anything that exists, and `a/b` whose `a` exists here: such a name
+    is never sent to the model hub, where a typo would cost retries and a misleading error.
+    """
+    if source.startswith(("./", "../", "/", "~", ".\\", "..\\")) or source in (".", ".."):
+        return True
+    path = Path(source)
+    return path.exists() or (path.parent != Path(".") and path.parent.exists())
+
+
+def check_source(source: str) -> None:
+    """Refuse a local-looking model path that is not there, before anything asks the hub."""
+    if looks_local(source) and not Path(source).expanduser().exists():
+        raise InputError(f"{source}: no such model folder or file")
+
+
 def load_config(source: str, trust_remote_code: bool = False):
     """The model's config alone (no weights): enough to detect the task and check labels."""
     from transformers import AutoConfig
 
+    check_source(source)
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -83,11 +131,9 @@ def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "au
     """Load model and tokenizer with from_pretrained (a local folder or a hub id) for `task`."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
+    quiet_transformers()
     config = load_config(source, trust_remote_code)
-    if task == "auto":
-        task = detect_task(config)
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}; choose one of auto, {', '.join(TASKS)}")
+    task = task_for(config, task)
     auto = {"causal-lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
             "classification": AutoModelForSequenceClassification}[task]
     kwargs = {"trust_remote_code": trust_remote_code}
@@ -96,6 +142,7 @@ def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "au
             raise InputError(f"unknown --dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
         kwargs["dtype"] = DTYPES[dtype]
     model = auto.from_pretrained(source, **kwargs)
+    threads.configure(model)
     tokenizer = load_tokenizer(source, trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
@@ -211,23 +258,62 @@ def check_key_below(model: nn.Module, key_layer: str, lora_layers: list[str]) ->
             raise InputError(f"--key-layer {key_layer!r} runs after LoRA layer {name!r}: keys would depend on edits")
 
 
-def fingerprint(model: nn.Module) -> str:
-    """sha256 over the config and every weight's name, shape and a strided sample of its values.
+SKETCH_DIM, SKETCH_SAMPLES = 4, 4096
+SKETCH_TOLERANCE = 0.02
+"""Two sketches agree when, for every weight, each coordinate differs by less than this share of that
+weight's sample norm. Loading a checkpoint as bfloat16 moves each value by up to 2^-8 of itself, which
+moves a coordinate by about 0.0023 of the norm (a sum of random rounding errors); another checkpoint,
+or one weight changed by a few percent of its tensor's norm, moves it by far more than 0.02."""
 
-    Sampling keeps this to a fraction of a second for large models while still telling any two
-    checkpoints apart. Values are rounded to bfloat16 first, so the same checkpoint loaded in
-    float32 or bfloat16 has one fingerprint (float16 loads round twice and differ: --force-base).
+
+def fingerprint(model: nn.Module) -> dict:
+    """What identifies a checkpoint whatever dtype it was loaded in: {"structure", "weights"}.
+
+    structure: sha256 over the config (less load-time fields) and every weight's name and shape.
+    weights: per weight, the norm of a strided sample of 4096 values and 4 random +-1 projections of
+    it, as base64 float32, compared with a tolerance (`same_model`): a hash of rounded values cannot
+    be dtype-invariant, since float16 and bfloat16 round the same weight to different neighbours.
+    Sampling keeps this to a fraction of a second for large models.
     """
+    import base64
+
+    import numpy as np
+
     digest = hashlib.sha256()
     config = model.config.to_dict()
     for volatile in ("transformers_version", "_name_or_path", "pad_token_id", "dtype", "torch_dtype",
-                     "architectures", "_commit_hash", "use_cache"):
+                     "architectures", "_commit_hash", "use_cache", "quantization_config"):
         config.pop(volatile, None)
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    signs = np.random.default_rng(0).choice([-1.0, 1.0], size=(SKETCH_DIM, SKETCH_SAMPLES))
+    rows = []
     for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().reshape(-1)
-        step = max(1, flat.numel() // 4096)
-        sample = flat[::step][:4096].to("cpu").to(torch.bfloat16).to(torch.float32).numpy()
         digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(sample.tobytes())
-    return digest.hexdigest()
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // SKETCH_SAMPLES)
+        sample = flat[::step][:SKETCH_SAMPLES].to("cpu", torch.float64).numpy()
+        sample = np.nan_to_num(sample, nan=0.0, posinf=0.0, neginf=0.0)
+        rows.append([np.sqrt(sample @ sample), *(signs[:, :len(sample)] @ sample)])
+    sketch = np.asarray(rows, np.float32).reshape(-1, 1 + SKETCH_DIM)
+    return {"structure": digest.hexdigest(), "weights": base64.b64encode(sketch.tobytes()).decode("ascii")}
+
+
+def same_model(expected: dict | None, actual: dict) -> bool:
+    """Whether a recorded fingerprint and a loaded model's agree (structure exactly, weights to tolerance)."""
+    import base64
+    import binascii
+
+    import numpy as np
+
+    if not isinstance(expected, dict) or expected.get("structure") != actual["structure"]:
+        return False
+    try:
+        recorded = np.frombuffer(base64.b64decode(str(expected["weights"]), validate=True), np.float32)
+    except (KeyError, ValueError, binascii.Error):
+        return False
+    now = np.frombuffer(base64.b64decode(actual["weights"]), np.float32)
+    if recorded.shape != now.shape or not np.all(np.isfinite(recorded)):
+        return False
+    a, b = recorded.reshape(-1, 1 + SKETCH_DIM), now.reshape(-1, 1 + SKETCH_DIM)
+    scale = np.maximum(np.maximum(a[:, :1], b[:, :1]), 1e-12)
+    return bool(np.all(np.abs(a - b) <= SKETCH_TOLERANCE * scale))

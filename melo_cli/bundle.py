@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
-from safetensors.torch import load_file as load_torch, save_file as save_torch
 
 from . import __version__
 from .config import MeloConfig
@@ -55,6 +54,11 @@ class Bundle:
     @property
     def base(self) -> dict:
         return self.manifest["base_model"]
+
+    @property
+    def live_edits(self) -> list[Edit]:
+        """The edits that still apply (a later correction supersedes an edit)."""
+        return [e for e in self.edits if e.live]
 
 
 def sha256(path: Path) -> str:
@@ -96,8 +100,11 @@ def _card(manifest: dict) -> str:
 def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Router, records: list[dict],
                 base: dict, counts: dict, extra_files: dict[str, str] | None = None,
                 key_encoder: dict | None = None) -> dict:
-    """Write every bundle file into `directory` (which must exist and be empty); returns the manifest."""
-    save_torch(lora, str(directory / LORA))
+    """Write every bundle file into `directory` (which must exist and be empty); returns the manifest.
+
+    `lora` maps names to float32 arrays (numpy, or torch tensors on the CPU)."""
+    save_numpy({name: np.ascontiguousarray(np.asarray(t, np.float32)) for name, t in lora.items()},
+               str(directory / LORA))
     save_numpy(router.arrays(), str(directory / CLUSTERS), metadata={"labels": json.dumps(router.labels)})
     router.save_index(directory / INDEX)
     _write_text(directory / EDITS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
@@ -116,7 +123,8 @@ def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Rout
         manifest["key_encoder"] = key_encoder
     _write_text(directory / CARD, _card(manifest))
     manifest["files"] = {p.name: sha256(p) for p in sorted(directory.iterdir()) if p.name != MANIFEST}
-    _write_text(directory / MANIFEST, yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True))
+    _write_text(directory / MANIFEST, yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True,
+                                                     default_flow_style=None, width=100))
     _fsync_dir(directory)
     return manifest
 
@@ -250,7 +258,7 @@ def load(path: str | Path) -> Bundle:
         from safetensors import safe_open
         with safe_open(str(path / CLUSTERS), "np") as f:
             labels = json.loads((f.metadata() or {}).get("labels", "[]"))
-        lora = load_torch(str(path / LORA))
+        lora = load_numpy(str(path / LORA))
     except Exception as exc:  # safetensors raises several types for damaged files
         raise BundleError(f"{path}: unreadable tensors: {str(exc).splitlines()[0]}") from None
     n_clusters = manifest["counts"]["clusters"]
@@ -263,8 +271,8 @@ def load(path: str | Path) -> Bundle:
     router = Router.restore(arrays, labels, path / INDEX, config.metric, config.init_radius, config.margin,
                             config.radius_policy)
     records = [json.loads(line) for line in (path / EDITS).read_text(encoding="utf-8").splitlines() if line.strip()]
-    edits = [Edit(r["input"], r["target"], tuple(r.get("rephrases") or ()), r.get("id"), r.get("batch"), i + 1)
-             for i, r in enumerate(records)]
+    edits = [Edit(r["input"], r["target"], tuple(r.get("rephrases") or ()), r.get("id"), r.get("batch"), i + 1,
+                  superseded=r.get("superseded")) for i, r in enumerate(records)]
     history = ([json.loads(line) for line in (path / HISTORY).read_text(encoding="utf-8").splitlines() if line.strip()]
                if HISTORY in manifest["files"] else [])
     return Bundle(path, manifest, config, lora, router, edits, records, history)

@@ -28,7 +28,9 @@ class MeloConfig:
     margin: float = 0.0
     """Route only if every cluster of another label is (1 + margin) times farther (0: off)."""
     lr: float = 1e-2
-    max_steps: int = 100
+    max_steps: int | str = "auto"
+    """Most optimizer steps per batch, or "auto": 100, extended 100 at a time (up to 1,000) while
+    the loss still falls by a tenth per 100 steps and some target is not yet the argmax."""
     loss_threshold: float = 0.05
     seed: int = 0
     extra: dict = field(default_factory=dict)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from typing import Callable
@@ -31,12 +32,8 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     logger.setLevel(level)
     logger.propagate = False
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-    if verbose:
-        hf_logging.set_verbosity_info()
-    else:
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+    # transformers' own chatter is set where a model loads (backbones), so that commands which load
+    # no model never import it
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -53,6 +50,10 @@ def exits_cleanly(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except MeloError as exc:
             raise fail(str(exc), exc.exit_code) from None
+        except BrokenPipeError:
+            # the reader went away (`melo generate ... | head -1`): stop quietly, as `cat` does
+            _silence_stdout()
+            raise typer.Exit(0) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:  # a bug or an environment failure: say what, exit 1
@@ -64,6 +65,26 @@ def exits_cleanly(command: Callable) -> Callable:
     return wrapper
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def strict(value: object) -> object:
+    """The value with every NaN or infinity replaced by null: JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
 def emit_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+    sys.stdout.write(json.dumps(strict(data), ensure_ascii=False, allow_nan=False) + "\n")
     sys.stdout.flush()

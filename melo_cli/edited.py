@@ -169,9 +169,10 @@ class EditedModel:
             state[f"{name}.lora_B"] = layer.lora_B.detach().cpu().contiguous()
         return state
 
-    def load_lora_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_lora_state(self, state: dict) -> None:
+        """Take LoRA pools from a bundle (numpy arrays or tensors, by layer name)."""
         for name, layer in self.layers.items():
-            a, b = state[f"{name}.lora_A"], state[f"{name}.lora_B"]
+            a, b = torch.as_tensor(state[f"{name}.lora_A"]), torch.as_tensor(state[f"{name}.lora_B"])
             if a.shape[1:] != layer.lora_A.shape[1:] or b.shape[1:] != layer.lora_B.shape[1:]:
                 raise ValueError(f"LoRA tensors of {name} have shape {tuple(a.shape)}, {tuple(b.shape)}; "
                                  f"the model needs (*, {layer.rank}, {layer.in_features}), (*, {layer.out_features}, {layer.rank})")

@@ -10,7 +10,7 @@ edit is left routed to a block that never learned it; earlier blocks themselves 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 
 from . import tasks
 from .edited import EditedModel
-from .edits import Edit
+from .edits import Edit, normalise_input
 from .router import Router, auto_radius
 
 
@@ -31,11 +31,11 @@ class BatchReport:
     steps: int
     loss: float
     converged: bool
+    """Every target of the batch is the model's argmax (the edits are learned)."""
     rules: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-
-    def to_json(self) -> dict:
-        return asdict(self)
+    unlearned: list[int] = field(default_factory=list)
+    """Edit numbers of the batch whose target is not the argmax after the last step."""
 
 
 def ensure_router(edited: EditedModel, keys: np.ndarray) -> Router:
@@ -49,15 +49,41 @@ def ensure_router(edited: EditedModel, keys: np.ndarray) -> Router:
     return edited.router
 
 
+class StepBudget:
+    """When a batch must stop training: a fixed number of steps, or "auto" (see MeloConfig.max_steps)."""
+
+    FIRST, MORE, CAP, FALL = 100, 100, 1000, 0.9
+
+    def __init__(self, max_steps: int | str):
+        self.auto = max_steps == "auto"
+        self.limit = self.FIRST if self.auto else int(max_steps)
+        self.mark = float("inf")  # the loss when the current allowance began
+
+    def spent(self, steps: int, loss: float) -> bool:
+        if steps < self.limit:
+            if steps == 0:
+                self.mark = loss
+            return False
+        if self.auto and self.limit < self.CAP and loss < self.FALL * self.mark:
+            self.limit, self.mark = self.limit + self.MORE, loss
+            return False
+        return True
+
+
 def train_block(edited: EditedModel, block: int, inputs: list[str], targets: list[str],
-                generator: torch.Generator) -> tuple[int, float, bool]:
-    """Train a fresh `block` on these pairs; (optimizer steps, final loss, every target is argmax)."""
+                generator: torch.Generator) -> tuple[int, float, list[bool]]:
+    """Train a fresh `block` on these pairs; (optimizer steps, final loss, target is argmax per pair).
+
+    Stops when every target is the argmax and the loss is under the threshold, or when the step
+    budget (`StepBudget`) is spent.
+    """
     config, backbone = edited.config, edited.backbone
     params = [p for layer in edited.layers.values() for p in layer.start_block(block, generator)]
     enc = tasks.encode(backbone, inputs, targets).to(backbone.device)
     ids = torch.full((len(inputs),), block, dtype=torch.long, device=backbone.device)
     optimizer = torch.optim.Adam(params, lr=config.lr)
-    steps, loss_value, done = 0, float("inf"), False
+    steps, loss_value, hits = 0, float("inf"), None
+    budget = StepBudget(config.max_steps)
     try:
         while True:
             with torch.enable_grad(), edited.routes.fixed(ids):
@@ -65,8 +91,7 @@ def train_block(edited: EditedModel, block: int, inputs: list[str], targets: lis
                 loss_rows, hits = tasks.score(backbone, logits, enc.targets)
                 loss = loss_rows.mean()
             loss_value = float(loss.detach())
-            done = bool(hits.all()) and loss_value < config.loss_threshold
-            if done or steps >= config.max_steps:
+            if (bool(hits.all()) and loss_value < config.loss_threshold) or budget.spent(steps, loss_value):
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -75,7 +100,7 @@ def train_block(edited: EditedModel, block: int, inputs: list[str], targets: lis
     finally:
         for layer in edited.layers.values():
             layer.commit_block()
-    return steps, loss_value, done
+    return steps, loss_value, [bool(h) for h in hits.tolist()]
 
 
 @dataclass
@@ -84,6 +109,12 @@ class RunResult:
     unreachable: list[int]
     """Edit numbers whose own input, after all batches, does not route to a cluster of its target
     (a later edit of another target split it off)."""
+    superseded: dict[int, int] = field(default_factory=dict)
+    """Earlier edit number -> the number of the edit of this run that corrected it."""
+
+    @property
+    def unlearned(self) -> list[int]:
+        return [n for r in self.reports for n in r.unlearned]
 
 
 def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[list[int]],
@@ -92,6 +123,8 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
 
     Edit number n refers to (history + new)[n], as stored in the bundle's edits.jsonl. Negatives
     (inputs that must keep their output) enter the router first, so this run's clusters respect them.
+    A new edit whose input is a live edit's input (whitespace aside), or whose key is that edit's
+    key, with another target, supersedes it: the old edit leaves the router, its block is untouched.
     """
     all_edits = history + new
     offset = len(history)
@@ -100,6 +133,8 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
     if negatives:
         for key in edited.keys(list(negatives)):
             router.add_negative(key)
+    live_by_input = {normalise_input(e.input): n for n, e in enumerate(history) if e.live}
+    superseded: dict[int, int] = {}
     generator = torch.Generator().manual_seed(edited.config.seed + offset)
     reports = []
     for batch_number, group in enumerate(groups):
@@ -109,19 +144,25 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
         replay: list[int] = []
         for position in group:
             number = offset + position
+            old = live_by_input.get(normalise_input(new[position].input))
+            if old is not None and all_edits[old].target != new[position].target and router.retire_edit(old):
+                superseded[old] = number
             result = router.add(keys[position], new[position].target, block, number)
+            superseded.update({gone: number for gone in result.superseded})
             rules[result.rule] += 1
             if result.reassigned:
                 replay += [int(m) for m in router.members_of(result.cluster) if m < offset + group[0]]
-        replay = sorted(set(replay))
-        chosen = [all_edits[offset + p] for p in group] + [all_edits[m] for m in replay]
-        steps, loss, done = train_block(edited, block, [e.input for e in chosen], [e.target for e in chosen], generator)
-        report = BatchReport(batch_number, block, len(group), len(replay), steps, round(loss, 6), done, rules,
-                             round(time.perf_counter() - started, 3))
+        replayed = sorted(set(replay) - set(superseded))
+        trained = [offset + p for p in group if offset + p not in superseded] + replayed
+        chosen = [all_edits[n] for n in trained]
+        steps, loss, hits = train_block(edited, block, [e.input for e in chosen], [e.target for e in chosen], generator)
+        report = BatchReport(batch_number, block, len(group), len(replayed), steps, round(loss, 6),
+                             all(hits), rules, round(time.perf_counter() - started, 3),
+                             [n for n, hit in zip(trained, hits) if not hit])
         reports.append(report)
         if on_batch is not None:
             on_batch(report)
     routes = router.route(keys) if len(new) else []
     lost = [offset + i for i, (e, r) in enumerate(zip(new, routes))
-            if not r.routed or router.labels[r.cluster] != e.target]
-    return RunResult(reports, lost)
+            if offset + i not in superseded and (not r.routed or router.labels[r.cluster] != e.target)]
+    return RunResult(reports, lost, superseded)

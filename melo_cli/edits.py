@@ -22,7 +22,8 @@ EDIT_ALIASES = {
     "rephrases": ("rephrases", "rephrase_prompt", "rephrase"),
 }
 HOLDOUT_ALIASES = {
-    "input": ("input", "prompt", "locality_prompt", "loc"),
+    # an EasyEdit/CounterFact record holds the edit's `prompt` too: its locality prompt is the holdout input
+    "input": ("input", "locality_prompt", "loc", "prompt"),
     "target": ("target", "locality_ground_truth", "loc_ans"),
 }
 
@@ -35,6 +36,19 @@ class Edit:
     id: str | None = None
     batch: str | None = None
     line: int = 0
+    """Where it was read: a line of a JSONL file, or (with `record`) nothing."""
+    record: int | None = None
+    """Its position (from 1) in a file that is one JSON array, EasyEdit's format."""
+    superseded: dict | None = None
+    """For a bundle's edits: {"by": edit number, "at": time} once a later edit corrected it."""
+
+    @property
+    def live(self) -> bool:
+        return self.superseded is None
+
+    def where(self, file: str | Path | None = None) -> dict:
+        """The location keywords of an InputError about this edit."""
+        return {"file": file, "line": None if self.record is not None else self.line, "record": self.record}
 
     def to_json(self, **extra) -> dict:
         record = {"id": self.id, "input": self.input, "target": self.target, "rephrases": list(self.rephrases)}
@@ -48,7 +62,6 @@ class Edit:
 class Holdout:
     input: str
     target: str | None = None
-    line: int = 0
 
 
 @dataclass
@@ -112,7 +125,8 @@ def parse_edit(record: object, where: dict) -> Edit:
         rephrases=_rephrases(record, where),
         id=_optional_scalar(record, "id", where) if "id" in record else _optional_scalar(record, "case_id", where),
         batch=_optional_scalar(record, "batch", where),
-        line=where["line"],
+        line=where.get("line") or 0,
+        record=where.get("record"),
     )
 
 
@@ -120,11 +134,15 @@ def parse_holdout(record: object, where: dict) -> Holdout:
     if not isinstance(record, dict):
         raise InputError(f"expected a JSON object, got {type(record).__name__}", **where)
     return Holdout(_text(record, "input", HOLDOUT_ALIASES, where, required=True),
-                   _text(record, "target", HOLDOUT_ALIASES, where, required=False), where["line"])
+                   _text(record, "target", HOLDOUT_ALIASES, where, required=False))
 
 
-def _records(path: Path) -> list[tuple[int, object | InputError]]:
-    """(line number, parsed JSON value or the error of that line) for each non-blank line."""
+def _records(path: Path) -> list[tuple[dict, object | InputError]]:
+    """(location, parsed JSON value or the error of that location) for each record of the file.
+
+    A file is JSONL (one value per non-blank line), or, when its first non-blank character is `[`,
+    one JSON array of records as EasyEdit ships its data; records are then located by position.
+    """
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -135,35 +153,54 @@ def _records(path: Path) -> list[tuple[int, object | InputError]]:
         raise InputError(f"cannot read: {exc.strerror}", file=path) from None
     if raw.startswith(b"\xef\xbb\xbf"):
         raise InputError("starts with a UTF-8 byte-order mark; save it as plain UTF-8", file=path, line=1)
+    if raw.lstrip()[:1] == b"[":
+        return _array_records(path, raw)
     out = []
     for number, line in enumerate(raw.split(b"\n"), start=1):
         where = {"file": path, "line": number}
         if len(line) > MAX_LINE_BYTES:
-            out.append((number, InputError(f"line is {len(line)} bytes, over the {MAX_LINE_BYTES}-byte limit", **where)))
+            out.append((where, InputError(f"line is {len(line)} bytes, over the {MAX_LINE_BYTES}-byte limit", **where)))
             continue
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            out.append((number, InputError(f"not valid UTF-8 (byte {exc.start + 1})", **where)))
+            out.append((where, InputError(f"not valid UTF-8 (byte {exc.start + 1})", **where)))
             continue
         if not text.strip():
             continue
         try:
-            out.append((number, json.loads(text)))
+            out.append((where, json.loads(text)))
         except json.JSONDecodeError as exc:
-            out.append((number, InputError(f"malformed JSON: {exc.msg} at column {exc.colno}", **where)))
+            out.append((where, InputError(f"malformed JSON: {exc.msg} at column {exc.colno}", **where)))
         except RecursionError:
-            out.append((number, InputError("malformed JSON: nested too deeply", **where)))
+            out.append((where, InputError("malformed JSON: nested too deeply", **where)))
     if not out:
         raise InputError("is empty: expected one JSON object per line", file=path)
     return out
 
 
+def _array_records(path: Path, raw: bytes) -> list[tuple[dict, object]]:
+    """The records of a file that is one JSON array; a syntax error names its line, as JSONL's do."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise InputError(f"not valid UTF-8 (byte {exc.start + 1})", file=path, line=line) from None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"malformed JSON: {exc.msg} at column {exc.colno}", file=path, line=exc.lineno) from None
+    except RecursionError:
+        raise InputError("malformed JSON: nested too deeply", file=path) from None
+    if not isinstance(values, list) or not values:
+        raise InputError("is an empty JSON array: expected records", file=path)
+    return [({"file": path, "record": i}, value) for i, value in enumerate(values, start=1)]
+
+
 def _read(path: str | Path, parse: Callable, skip_invalid: bool, report: ReadReport | None) -> list:
     path = Path(path)
     items = []
-    for number, value in _records(path):
-        where = {"file": path, "line": number}
+    for where, value in _records(path):
         try:
             if isinstance(value, InputError):
                 raise value
@@ -194,19 +231,20 @@ def read_edits(path: str | Path, skip_invalid: bool = False, report: ReadReport 
         return edit
 
     edits = _read(path, parse, skip_invalid, report)
-    seen: dict[str, int] = {}
+    seen: dict[str, Edit] = {}
     kept = []
     for edit in edits:
         if edit.id is not None and edit.id in seen:
-            error = InputError(f"duplicate id {edit.id!r} (first on line {seen[edit.id]})", file=Path(path),
-                               line=edit.line, field="id")
+            first = seen[edit.id]
+            at = f"record {first.record}" if first.record is not None else f"line {first.line}"
+            error = InputError(f"duplicate id {edit.id!r} (first at {at})", field="id", **edit.where(Path(path)))
             if not skip_invalid:
                 raise error
             if report is not None:
                 report.skipped.append(error)
             continue
         if edit.id is not None:
-            seen[edit.id] = edit.line
+            seen[edit.id] = edit
         kept.append(edit)
     return kept
 
@@ -234,3 +272,44 @@ def batches(edits: list[Edit], batch_size: int) -> list[list[int]]:
         if len(groups[key]) == batch_size:
             auto += 1
     return list(groups.values())
+
+
+def normalise_input(text: str) -> str:
+    """The form in which two inputs count as the same: whitespace runs folded, ends stripped."""
+    return " ".join(text.split())
+
+
+@dataclass
+class Triage:
+    """A file's edits sorted against each other and against the bundle's live edits."""
+
+    kept: list[Edit]
+    """Edits to train, in file order."""
+    duplicates: list[Edit]
+    """The same (input, target) as a live edit of the bundle or an earlier line: merged into it."""
+    overridden: list[tuple[Edit, Edit]]
+    """(edit, the later line of the same file that corrects it): only the later one is trained."""
+
+
+def triage(new: list[Edit], live: list[Edit] = ()) -> Triage:
+    """Merge repeated (input, target) pairs and keep only the last of a file's corrections of one input.
+
+    Corrections of a bundle's live edits are not decided here: they are kept, and the editor
+    retires the edit they supersede.
+    """
+    known = {(normalise_input(e.input), e.target) for e in live}
+    last_target: dict[str, Edit] = {}
+    for edit in new:
+        last_target[normalise_input(edit.input)] = edit
+    kept, duplicates, overridden = [], [], []
+    for edit in new:
+        pair = (normalise_input(edit.input), edit.target)
+        latest = last_target[pair[0]]
+        if latest.target != edit.target:
+            overridden.append((edit, latest))
+        elif pair in known:
+            duplicates.append(edit)
+        else:
+            known.add(pair)
+            kept.append(edit)
+    return Triage(kept, duplicates, overridden)

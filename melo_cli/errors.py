@@ -21,13 +21,15 @@ class InputError(MeloError):
     exit_code = 2
 
     def __init__(self, message: str, *, file: str | Path | None = None, line: int | None = None,
-                 field: str | None = None):
-        self.file, self.line, self.field, self.reason = file, line, field, message
+                 field: str | None = None, record: int | None = None):
+        self.file, self.line, self.field, self.record, self.reason = file, line, field, record, message
         where = ""
         if file is not None:
             where = str(file)
             if line is not None:
                 where += f":{line}"
+            elif record is not None:  # a JSON array: records are numbered from 1, like lines
+                where += f": record {record}"
             where += ": "
         what = f"field '{field}': " if field else ""
         super().__init__(f"{where}{what}{message}")
@@ -43,3 +45,15 @@ class GateFailed(MeloError):
     """An evaluation gate (--min-*) was not met: exit 3."""
 
     exit_code = 3
+
+
+class Unlearned(MeloError):
+    """Some edits were not learned within the step budget (and --allow-partial was not given): exit 4."""
+
+    exit_code = 4
+
+
+class BundleBusy(MeloError):
+    """Another melo process holds the bundle: exit 75 (EX_TEMPFAIL, try again later)."""
+
+    exit_code = 75

@@ -138,11 +138,23 @@ def right_block(edited: EditedModel, edit: Edit, route: Route, numbers: dict[tup
     if not route.routed or router is None:
         return False
     number = numbers.get((edit.input, edit.target))
-    if number is not None:
-        member = (router.member_edit == number).nonzero()[0]
-        if len(member):
-            return int(router.blocks[router.member_cluster[member[-1]]]) == route.block
+    cluster = router.cluster_of(number) if number is not None else None
+    if cluster is not None:
+        return int(router.blocks[cluster]) == route.block
     return router.labels[route.cluster] == edit.target
+
+
+def live_only(edits: list[Edit], bundle_edits: list[Edit]) -> list[Edit]:
+    """The edits worth scoring: a later correction of the same input replaces an earlier one, in the
+    file and in the bundle (a superseded edit is no longer what the model should say)."""
+    from .edits import normalise_input, triage
+
+    overridden = {id(e) for e, _ in triage(edits).overridden}
+    kept = [e for e in edits if id(e) not in overridden]
+    live = {normalise_input(e.input): e.target for e in bundle_edits if e.live}
+    gone = {(normalise_input(e.input), e.target) for e in bundle_edits if not e.live}
+    return [e for e in kept if (normalise_input(e.input), e.target) not in gone
+            or live.get(normalise_input(e.input), e.target) == e.target]
 
 
 def evaluate(edited: EditedModel, edits: list[Edit], holdout: list[Holdout], modes: list[str], batch_size: int = 32,
@@ -180,7 +192,7 @@ def evaluate(edited: EditedModel, edits: list[Edit], holdout: list[Holdout], mod
             }
     result: dict = {}
     for key in ("edit_success", "generality", "locality", "holdout_accuracy"):
-        values = {mode.replace("-", "_"): per_mode[mode][key] for mode in modes}
+        values = {mode: per_mode[mode][key] for mode in modes}
         result[key] = next(iter(values.values())) if len(modes) == 1 else values
     result["perplexity"] = perplexity(edited, [e.input for e in edits], [e.target for e in edits], batch_size)
     router = edited.router

@@ -10,6 +10,11 @@ nearest cluster at distance d:
 An input routes to the nearest cluster when its key lies within that cluster's radius, else to
 no block (the base model).
 
+A key of another label at (nearly) the same place as a member, closer than SAME_KEY * r0, is a
+correction, not a neighbour: the member is retired (its edit superseded) rather than split against,
+since a split there would shrink both radii to float noise and let padding decide the route. A
+cluster left with no member is retired: removed from the search, its block kept untouched.
+
 The centres live in an hnswlib index; everything else is in plain arrays saved with safetensors.
 """
 
@@ -21,7 +26,8 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from .routes import NO_BLOCK
+NO_BLOCK = -1
+"""The block id of a row that runs the base model alone."""
 
 METRICS = ("euclidean", "cosine")
 POLICIES = ("split", "voronoi")
@@ -32,6 +38,11 @@ NEGATIVE = "\u0000no-edit"
 """Label of a negative: an input whose output must not change. Its cluster has no block."""
 SHRINK = 0.999
 """Split radii are set to SHRINK * d / 2: just under half the distance, so two clusters never touch."""
+SAME_KEY = 1e-3
+"""Keys closer than SAME_KEY * r0 are one input as far as routing can tell (float noise of padding and
+batching is about 1e-7 of a key's scale; distinct inputs are at least about r0 apart)."""
+RETIRED = -2
+"""member_cluster of a retired member: an edit that a later edit superseded."""
 
 
 @dataclass
@@ -54,6 +65,7 @@ class AddResult:
     cluster: int
     rule: str  # "new", "join", "split" or "negative"
     reassigned: bool = False  # the key joined a cluster of an earlier block, now moved to this one
+    superseded: tuple[int, ...] = ()  # edits at the same key with another label, retired by this one
 
 
 def distance(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
@@ -86,6 +98,7 @@ class Router:
         self.member_keys = np.zeros((0, dim), np.float32)
         self.member_cluster = np.zeros(0, np.int64)
         self.member_edit = np.zeros(0, np.int64)
+        self.retired = np.zeros(0, np.bool_)
         self.index = self._new_index(16)
 
     # -- the hnswlib index ------------------------------------------------------------------
@@ -108,7 +121,7 @@ class Router:
     def nearest(self, keys: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(clusters, distances), each (n, k); empty router -> (n, 0) arrays."""
         keys = np.ascontiguousarray(keys, dtype=np.float32).reshape(-1, self.dim)
-        k = min(k, len(self))
+        k = min(k, self.n_live)
         if k == 0:
             return np.zeros((len(keys), 0), np.int64), np.zeros((len(keys), 0), np.float32)
         self.index.set_ef(max(self.ef, k))
@@ -119,11 +132,17 @@ class Router:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def n_live(self) -> int:
+        """Clusters the search can return (all but the retired)."""
+        return len(self.labels) - int(self.retired.sum())
+
     def _new_cluster(self, key: np.ndarray, label: str, block: int, radius: float) -> int:
         cluster = len(self)
         self.centres = np.vstack([self.centres, key[None]])
         self.radii = np.append(self.radii, np.float32(radius))
         self.blocks = np.append(self.blocks, np.int64(block))
+        self.retired = np.append(self.retired, False)
         self.labels.append(label)
         self._index_put(cluster)
         return cluster
@@ -136,6 +155,12 @@ class Router:
     def add(self, key: np.ndarray, label: str, block: int, edit: int) -> AddResult:
         """Add the key of edit `edit` (label = its target) trained into `block`."""
         key = np.asarray(key, np.float32).reshape(self.dim)
+        superseded = self._retire_same_key(key, label)
+        result = self._add(key, label, block, edit)
+        result.superseded = superseded
+        return result
+
+    def _add(self, key: np.ndarray, label: str, block: int, edit: int) -> AddResult:
         r0 = self.init_radius
         if self.policy == "voronoi":
             cluster = self._new_cluster(key, label, block, r0)
@@ -163,6 +188,32 @@ class Router:
         cluster = self._new_cluster(key, label, block, new_radius)
         self._add_member(key, cluster, edit)
         return AddResult(cluster, "split")
+
+    def _retire_same_key(self, key: np.ndarray, label: str) -> tuple[int, ...]:
+        """Retire the live edit members of another label whose key is this key (a correction)."""
+        live = np.flatnonzero(self.member_cluster >= 0)
+        if not len(live):
+            return ()
+        d = distance(self.member_keys[live], key, self.metric)
+        same = [int(m) for m, dm in zip(live, d) if dm <= SAME_KEY * self.init_radius
+                and self.labels[self.member_cluster[m]] not in (label, NEGATIVE)]
+        return tuple(int(self.member_edit[m]) for m in same if self._retire_member(m))
+
+    def retire_edit(self, edit: int) -> bool:
+        """Take edit `edit` out of routing (it was superseded); False if it was not a live member."""
+        members = np.flatnonzero((self.member_edit == edit) & (self.member_cluster >= 0))
+        return any([self._retire_member(int(m)) for m in members])
+
+    def _retire_member(self, member: int) -> bool:
+        """Detach one member; a cluster left empty leaves the search (its block stays as it is)."""
+        cluster = int(self.member_cluster[member])
+        if cluster < 0:
+            return False
+        self.member_cluster[member] = RETIRED
+        if not np.any(self.member_cluster == cluster):
+            self.index.mark_deleted(cluster)
+            self.retired[cluster] = True
+        return True
 
     def add_negative(self, key: np.ndarray) -> AddResult:
         """Add the key of an input that must keep its output: a centre with no block.
@@ -249,8 +300,13 @@ class Router:
         return routes
 
     def members_of(self, cluster: int) -> np.ndarray:
-        """Edit numbers of the members of a cluster."""
+        """Edit numbers of the live members of a cluster."""
         return self.member_edit[self.member_cluster == cluster]
+
+    def cluster_of(self, edit: int) -> int | None:
+        """The cluster edit `edit` is a live member of, or None (superseded, or never added)."""
+        found = np.flatnonzero((self.member_edit == edit) & (self.member_cluster >= 0))
+        return int(self.member_cluster[found[-1]]) if len(found) else None
 
     # -- persistence ------------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
@@ -258,7 +314,7 @@ class Router:
         return {
             "centres": self.centres, "radii": self.radii, "blocks": self.blocks,
             "member_keys": self.member_keys, "member_cluster": self.member_cluster,
-            "member_edit": self.member_edit,
+            "member_edit": self.member_edit, "retired": self.retired.astype(np.uint8),
         }
 
     def save_index(self, path: Path) -> None:
@@ -275,6 +331,8 @@ class Router:
         router.member_keys = arrays["member_keys"].astype(np.float32)
         router.member_cluster = arrays["member_cluster"].astype(np.int64)
         router.member_edit = arrays["member_edit"].astype(np.int64)
+        router.retired = (arrays["retired"].astype(np.bool_) if "retired" in arrays
+                          else np.zeros(len(router.radii), np.bool_))
         router.labels = list(labels)
         index = hnswlib.Index(space="l2" if metric == "euclidean" else "cosine", dim=router.dim)
         index.load_index(str(index_path), max_elements=max(16, len(router.labels)))

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import torch
 
-NO_BLOCK = -1
+from .router import NO_BLOCK
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ from . import backbones, bundle as bundle_io, editor
 from .backbones import Backbone
 from .config import MeloConfig
 from .edited import EditedModel
-from .edits import Edit, ReadReport, batches, read_edits, read_holdout
-from .errors import BundleError, InputError
+from .edits import Edit, ReadReport, batches, read_edits, read_holdout, triage
+from .errors import BundleError, InputError, Unlearned
 from .keys import POOLINGS, SentenceEncoder
 from .locks import bundle_locks
 from .router import METRICS, POLICIES
@@ -48,7 +49,7 @@ class EditOptions:
     margin: float = 0.0
     radius_policy: str = "split"
     lr: float = 1e-2
-    max_steps: int = 100
+    max_steps: int | str = "auto"
     loss_threshold: float = 0.05
     batch_size: int = 5
     seed: int = 0
@@ -62,6 +63,8 @@ class EditOptions:
     """Append a retention row to history.jsonl every this many batches (0: never)."""
     locality: Path | None = None
     """Holdout inputs for the history's locality column."""
+    allow_partial: bool = False
+    """Write the bundle even when some edits are not learned (else exit 4 and write nothing)."""
 
 
 def _check_options(opts: EditOptions) -> None:
@@ -81,14 +84,20 @@ def _check_options(opts: EditOptions) -> None:
         raise InputError("--eval-every must be 0 (off) or a number of batches")
     if opts.rank_per_block < 1:
         raise InputError("--rank-per-block must be at least 1")
-    if opts.max_steps < 0 or opts.lr <= 0:
-        raise InputError("--max-steps must be >= 0 and --lr > 0")
+    if opts.max_steps != "auto" and (not isinstance(opts.max_steps, int) or opts.max_steps < 0):
+        raise InputError(f"--max-steps {opts.max_steps!r}: expected auto or a whole number >= 0")
+    if not math.isfinite(opts.lr) or opts.lr <= 0:
+        raise InputError(f"--lr {opts.lr}: expected a finite number > 0")
+    if not math.isfinite(opts.loss_threshold) or opts.loss_threshold <= 0:
+        raise InputError(f"--loss-threshold {opts.loss_threshold}: expected a finite number > 0")
+    if not math.isfinite(opts.margin):
+        raise InputError(f"--margin {opts.margin}: expected a finite number >= 0")
     if opts.init_radius != "auto":
         try:
-            if float(opts.init_radius) <= 0:
+            if not math.isfinite(float(opts.init_radius)) or float(opts.init_radius) <= 0:
                 raise ValueError
         except ValueError:
-            raise InputError(f"--init-radius {opts.init_radius!r}: expected 'auto' or a positive number") from None
+            raise InputError(f"--init-radius {opts.init_radius!r}: expected 'auto' or a finite number > 0") from None
 
 
 def new_config(backbone: Backbone, opts: EditOptions) -> MeloConfig:
@@ -113,10 +122,35 @@ def new_config(backbone: Backbone, opts: EditOptions) -> MeloConfig:
 
 
 def base_info(backbone: Backbone, dtype: str) -> dict:
+    """The manifest's record of the base: the name as given, and for a local one its absolute path."""
     config = backbone.model.config
-    return {"name": backbone.source, "fingerprint": backbones.fingerprint(backbone.model), "task": backbone.task,
+    local = backbones.looks_local(backbone.source)
+    return {"name": backbone.source, "path": str(Path(backbone.source).expanduser().resolve()) if local else None,
+            "fingerprint": backbones.fingerprint(backbone.model), "task": backbone.task,
             "model_type": config.model_type, "architecture": (config.architectures or [type(backbone.model).__name__])[0],
             "dtype": dtype}
+
+
+def locate_base(base: dict, bundle_path: Path, override: str | None) -> str:
+    """Where to load a bundle's base from, wherever the command runs.
+
+    --base wins; then the absolute path recorded when the bundle was made; then the name as given,
+    relative to the bundle's directory and to the working directory. A base recorded as local is
+    never looked up on the model hub.
+    """
+    if override is not None:
+        return override
+    name = str(base.get("name") or "")
+    recorded = base.get("path")
+    candidates = ([Path(recorded)] if recorded else []) + [bundle_path / name, Path(name)]
+    for candidate in candidates:
+        if name and candidate.exists():
+            return str(candidate)
+    if not recorded and name and not backbones.looks_local(name):
+        return name  # a hub id
+    tried = ", ".join(dict.fromkeys(str(c) for c in candidates))
+    raise BundleError(f"{bundle_path}: its base model {name!r} is not here (tried {tried}); "
+                      f"pass --base PATH_OR_ID")
 
 
 def load_encoder(config: MeloConfig, device: torch.device, manifest: dict | None, force: bool,
@@ -132,8 +166,7 @@ def load_encoder(config: MeloConfig, device: torch.device, manifest: dict | None
                     f"loaded here: {str(exc).splitlines()[0]}") from None
     if manifest is not None:
         expected = (manifest.get("key_encoder") or {}).get("fingerprint")
-        actual = backbones.fingerprint(encoder.model)
-        if actual != expected:
+        if not backbones.same_model(expected, backbones.fingerprint(encoder.model)):
             message = f"key encoder {config.key_encoder!r} is not the encoder this bundle's keys were made with"
             if not force:
                 raise BundleError(message + "; pass --force-base to apply it anyway")
@@ -144,9 +177,11 @@ def load_encoder(config: MeloConfig, device: torch.device, manifest: dict | None
 def check_base(backbone: Backbone, manifest: dict, force: bool) -> None:
     expected = manifest["base_model"].get("fingerprint")
     actual = backbones.fingerprint(backbone.model)
-    if actual != expected:
+    if not backbones.same_model(expected, actual):
+        recorded = expected.get("structure") if isinstance(expected, dict) else expected
         message = (f"base model {backbone.source!r} is not the model this bundle was made for "
-                   f"({manifest['base_model'].get('name')!r}, fingerprint {str(expected)[:12]}, got {actual[:12]})")
+                   f"({manifest['base_model'].get('name')!r}, fingerprint {str(recorded)[:12]}, "
+                   f"got {actual['structure'][:12]})")
         if not force:
             raise BundleError(message + "; pass --force-base to apply it anyway")
         log.warning("%s; applying anyway (--force-base)", message)
@@ -156,7 +191,7 @@ def open_bundle(path: str | Path, *, base: str | None = None, device: str = "aut
                 force_base: bool = False, trust_remote_code: bool = False) -> tuple[bundle_io.Bundle, EditedModel]:
     """Load a bundle, its base model (checked against the fingerprint) and attach the edits."""
     loaded = bundle_io.load(path)
-    source = base or loaded.base["name"]
+    source = locate_base(loaded.base, Path(path), base)
     if dtype == "auto":
         dtype = loaded.base.get("dtype", "auto")
     backbone = backbones.load(source, loaded.config.task, device, dtype, trust_remote_code)
@@ -180,6 +215,7 @@ class EditResult:
 
 def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Path | None, opts: EditOptions,
              on_batch: Callable[[editor.BatchReport], None] | None = None,
+             on_plan: Callable[[int], None] | None = None,
              report: ReadReport | None = None, wait: float = 0.0) -> EditResult:
     """The edit journey: validate, lock, load, train, write atomically."""
     started = time.perf_counter()
@@ -190,14 +226,30 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
     if out.exists() and not (out / bundle_io.MANIFEST).exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out}: exists and is not a melo bundle; refusing to replace it")
     new_edits = read_edits(edits_path, skip_invalid=opts.skip_invalid, report=report)
-    groups = batches(new_edits, opts.batch_size)
+    batches(new_edits, opts.batch_size)  # checks --batch-size before anything loads
     holdout = read_holdout(opts.locality) if opts.locality is not None else []
     negatives = [h.input for h in read_holdout(opts.negatives)] if opts.negatives is not None else []
-    with bundle_locks([out] + ([continue_from] if continue_from is not None else []), wait):
+    with bundle_locks([out], wait):  # a source bundle is only read: it needs no lock (and may be read-only)
         for stale in bundle_io.clean_stale(out, holding_lock=True):
             log.info("removed %s, left by a killed run", stale)
-        return _edit_locked(base, edits_path, new_edits, groups, holdout, negatives, out, continue_from, opts,
-                            on_batch, report, started)
+        return _edit_locked(base, edits_path, new_edits, holdout, negatives, out, continue_from, opts,
+                            on_batch, on_plan, report, started)
+
+
+def _sort_new_edits(new_edits: list[Edit], live: list[Edit], edits_path: Path) -> list[Edit]:
+    """The edits to train: repeated pairs merged and a file's own corrections resolved, each said once."""
+    sorted_ = triage(new_edits, live)
+    for edit in sorted_.duplicates:
+        log.warning("%s: the same input and target as an earlier edit; merged into it", _where(edits_path, edit))
+    for edit, latest in sorted_.overridden:
+        log.warning("%s: corrected by %s of the same file (same input, target %r); only the later one is kept",
+                    _where(edits_path, edit), _where(None, latest), latest.target)
+    return sorted_.kept
+
+
+def _where(path: Path | None, edit: Edit) -> str:
+    at = f"record {edit.record}" if edit.record is not None else f"line {edit.line}"
+    return f"{path}: {at}" if path is not None else at
 
 
 def _check_labels(source: str, task: str, edits: list[Edit], edits_path: Path, trust_remote_code: bool) -> None:
@@ -210,7 +262,7 @@ def _check_labels(source: str, task: str, edits: list[Edit], edits_path: Path, t
         try:
             label_id(config, edit.target)
         except InputError as exc:
-            raise InputError(exc.reason, file=edits_path, line=edit.line, field="target") from None
+            raise InputError(exc.reason, field="target", **edit.where(edits_path)) from None
 
 
 def _history_recorder(edited: EditedModel, old_edits: list[Edit], new_edits: list[Edit], groups: list[list[int]],
@@ -225,7 +277,7 @@ def _history_recorder(edited: EditedModel, old_edits: list[Edit], new_edits: lis
         if not every or (report.batch + 1) % every:
             return
         current = [new_edits[p] for p in groups[report.batch]]
-        earlier = old_edits + [new_edits[p] for g in groups[:report.batch] for p in g]
+        earlier = [e for e in old_edits if e.live] + [new_edits[p] for g in groups[:report.batch] for p in g]
         row = {"batches": batch_offset + report.batch + 1, "edits": len(earlier) + len(current),
                "edit_success": evaluate.success(edited, current), "retention": evaluate.success(edited, earlier),
                "locality": evaluate.locality(edited, holdout)[0] if holdout else None,
@@ -236,14 +288,16 @@ def _history_recorder(edited: EditedModel, old_edits: list[Edit], new_edits: lis
     return record
 
 
-def _edit_locked(base, edits_path, new_edits, groups, holdout, negatives, out, continue_from, opts, on_batch,
-                 report, started) -> EditResult:
+def _edit_locked(base, edits_path, new_edits, holdout, negatives, out, continue_from, opts, on_batch,
+                 on_plan, report, started) -> EditResult:
     previous = None
     if continue_from is not None:
         previous = bundle_io.load(continue_from)
-        base = base or previous.base["name"]
+        base = locate_base(previous.base, continue_from, base)
     if base is None:
         raise InputError("no base model: name one, or continue a bundle with --bundle")
+    new_edits = _sort_new_edits(new_edits, previous.live_edits if previous is not None else [], edits_path)
+    groups = batches(new_edits, opts.batch_size)
     task = previous.config.task if previous is not None else opts.task
     _check_labels(base, task, new_edits, edits_path, opts.trust_remote_code)
     dtype = opts.dtype if opts.dtype != "auto" or previous is None else previous.base.get("dtype", "auto")
@@ -256,7 +310,7 @@ def _edit_locked(base, edits_path, new_edits, groups, holdout, negatives, out, c
         encoder = load_encoder(config, backbone.device, previous.manifest, opts.force_base, opts.trust_remote_code)
         edited = EditedModel(backbone, config, previous.router, encoder)
         edited.load_lora_state(previous.lora)
-        old_edits, records = previous.edits, list(previous.records)
+        old_edits, records = previous.edits, [dict(r) for r in previous.records]
         batch_offset = previous.manifest["counts"]["batches"]
         history_rows = list(previous.history)
     else:
@@ -266,20 +320,30 @@ def _edit_locked(base, edits_path, new_edits, groups, holdout, negatives, out, c
         old_edits, records, batch_offset, history_rows = [], [], 0, []
 
     log.info("training %d edits in %d batches", len(new_edits), len(groups))
+    if on_plan is not None:
+        on_plan(len(groups))
     recorder = _history_recorder(edited, old_edits, new_edits, groups, holdout, history_rows, batch_offset,
                                  opts.eval_every, started, on_batch)
-    result = editor.run(edited, old_edits, new_edits, groups, recorder, negatives)
+    result = editor.run(edited, old_edits, new_edits, groups, recorder, negatives) if new_edits else \
+        editor.RunResult([], [])
     reports, lost = result.reports, result.unreachable
-    for report_, group in zip(reports, groups):
-        for position in group:
-            edit = new_edits[position]
-            records.append(edit.to_json(batch=edit.batch if edit.batch is not None else str(batch_offset + report_.batch),
-                                        block=report_.block))
+    all_edits = old_edits + new_edits
+    _check_learned(result, all_edits, edits_path, opts, config.max_steps)
+    batch_of = {p: (report_.batch, report_.block) for report_, group in zip(reports, groups) for p in group}
+    for position, edit in enumerate(new_edits):  # in edit-number order: record n is edit n
+        batch, block = batch_of[position]
+        records.append(edit.to_json(batch=edit.batch if edit.batch is not None else str(batch_offset + batch),
+                                    block=block))
+    now = _now()
+    for old, by in result.superseded.items():
+        records[old]["superseded"] = {"by": by, "by_id": all_edits[by].id, "at": now}
+        log.info("edit %s (%r -> %r) is superseded by %s (-> %r)", all_edits[old].id or old, all_edits[old].input,
+                 all_edits[old].target, all_edits[by].id or by, all_edits[by].target)
     if lost:
         log.warning("%d edit(s) do not route to a cluster of their target: %s", len(lost),
                     ", ".join(str(n) for n in lost[:10]))
-    counts = {"edits": len(records), "batches": batch_offset + len(groups), "blocks": edited.n_blocks,
-              "clusters": len(edited.router)}
+    counts = {"edits": len(records), "live_edits": sum("superseded" not in r for r in records),
+              "batches": batch_offset + len(groups), "blocks": edited.n_blocks, "clusters": len(edited.router)}
     log.info("writing bundle %s", out)
     tmp = bundle_io.temp_dir_for(out)
     try:
@@ -296,14 +360,35 @@ def _edit_locked(base, edits_path, new_edits, groups, holdout, negatives, out, c
     log.info("wrote bundle %s", out)
     return EditResult({
         "bundle": str(out), "base_model": info["name"], "task": config.task,
-        "edits": len(new_edits), "total_edits": len(records), "batches": len(groups),
+        "edits": len(new_edits), "total_edits": len(records), "live_edits": counts["live_edits"],
+        "superseded": len(result.superseded), "batches": len(groups),
         "clusters": len(edited.router), "negatives": len(negatives), "blocks": edited.n_blocks,
         "init_radius": config.init_radius,
         "steps_per_batch": [r.steps for r in reports], "converged_batches": sum(r.converged for r in reports),
-        "unrouted_edits": len(lost), "skipped_lines": len(report.skipped) if report else 0,
-        "history_rows": len(history_rows),
+        "unlearned_edits": len(result.unlearned), "unrouted_edits": len(lost),
+        "skipped_lines": len(report.skipped) if report else 0, "history_rows": len(history_rows),
         "seconds": round(time.perf_counter() - started, 3),
     }, edited)
+
+
+def _now() -> str:
+    import datetime as dt
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _check_learned(result: editor.RunResult, edits: list[Edit], edits_path: Path, opts: EditOptions,
+                   max_steps: int | str) -> None:
+    """Say which edits a batch left unlearned; refuse to write them unless --allow-partial."""
+    unlearned = result.unlearned
+    if not unlearned:
+        return
+    names = ", ".join(_where(edits_path, edits[n]) if edits[n].line or edits[n].record else f"edit {n}"
+                      for n in unlearned[:5]) + (f" and {len(unlearned) - 5} more" if len(unlearned) > 5 else "")
+    message = (f"{len(unlearned)} edit(s) not learned within --max-steps {max_steps} "
+               f"(target not the model's argmax): {names}")
+    if not opts.allow_partial:
+        raise Unlearned(message + "; nothing written: raise --max-steps or --lr, or pass --allow-partial")
+    log.warning("%s; writing the bundle anyway (--allow-partial)", message)
 
 
 def bare_model(source: str, *, task: str = "auto", device: str = "auto", dtype: str = "auto",

@@ -60,9 +60,9 @@ def test_generate_reads_prompts_from_stdin_and_leaves_unrelated_prompts_alone(ll
     result = melo("generate", "--bundle", out, "--max-new-tokens", "12", "-",
                   input="Once upon a time\nThe mother tongue of Danielle Darrieux is\n")
     assert result.exit_code == 0, result.stderr
-    story, edited = result.stdout.splitlines()
-    assert story.startswith(", there was a little girl named Lily")
-    assert edited.strip().startswith("English")
+    story, edited = result.stdout.splitlines()  # PROMPT => CONTINUATION, one line per prompt
+    assert story.startswith("Once upon a time => , there was a little girl named Lily")
+    assert edited.startswith("The mother tongue of Danielle Darrieux is => English")
     base = melo("generate", "--base", llama_path, "--max-new-tokens", "12", "Once upon a time")
     assert base.stdout.splitlines()[0] == story
 

@@ -113,7 +113,12 @@ def test_two_concurrent_edits_on_one_bundle_exactly_one_writes(states, tmp_path)
     assert any("another melo edit is writing this bundle" in e for e in errors)
     _, edited = workflow.open_bundle(bundle, device="cpu")
     assert len(workflow.bundle_io.load(bundle).edits) == 20
-    # with --wait the second one waits its turn and continues the first one's result
-    procs = [melo_process("edit", more, "--bundle", bundle, "-o", bundle, "--wait", "120") for _ in range(2)]
+    # with --wait the second one waits its turn and continues the first one's result (two different
+    # files: the same file twice would merge as duplicates)
+    holdout = load_edits("counterfact-holdout.jsonl")
+    files = [write_jsonl(tmp_path / f"w{i}.jsonl", [dict(h, target=f"Zorg{i}") for h in holdout[5 * i:5 * i + 5]])
+             for i in range(2)]
+    procs = [melo_process("edit", f, "--bundle", bundle, "-o", bundle, "--wait", "120") for f in files]
     assert [p.wait() for p in procs] == [0, 0]
-    assert len(workflow.bundle_io.load(bundle).edits) == 40
+    assert len(workflow.bundle_io.load(bundle).edits) == 30
+    assert not (tmp_path / ".B.lock").exists()  # the lock file goes with its holder
