@@ -253,9 +253,10 @@ def _where(path: Path | None, edit: Edit) -> str:
 
 
 def _check_labels(source: str, task: str, edits: list[Edit], edits_path: Path, trust_remote_code: bool) -> None:
-    """For classifiers: every target is a label of the model; checked from the config, before the weights."""
+    """The task fits the model, and for classifiers every target is one of its labels: checked from the
+    config, before the weights load."""
     config = backbones.load_config(source, trust_remote_code)
-    if (task if task != "auto" else backbones.detect_task(config)) != "classification":
+    if backbones.task_for(config, task) != "classification":  # also refuses a task the model has no form for
         return
     from .tasks import label_id
     for edit in edits:

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from melo_cli.cli import app
 
 
-def melo(*args: str, input: str | None = None):
+def melo(*args: str, input: str | None = None, env: dict | None = None):
     """Run `melo ARGS` in-process; returns the click Result (stdout and stderr kept apart)."""
-    return CliRunner().invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+    return CliRunner().invoke(app, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
 
 
 def json_lines(text: str) -> list[dict]:

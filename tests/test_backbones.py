@@ -164,6 +164,8 @@ def test_real_minilm_classifier_edits(tmp_path):
     out = tmp_path / "bundle"
     result = melo("edit", model, SAMPLES / "classification-20.jsonl", "-o", out)
     assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)  # every batch learned its labels: converged counts that, not the loss
+    assert summary["converged_batches"] == summary["batches"] and summary["unlearned_edits"] == 0
     scores = json.loads(melo("eval", "--bundle", out, "--edits", SAMPLES / "classification-20.jsonl",
                              "--locality", SAMPLES / "classification-holdout.jsonl", "--format", "json").stdout)
     assert scores["edit_success"] == 1.0
