@@ -63,42 +63,13 @@ def load_edits(name: str, n: int | None = None) -> list[dict]:
 
 
 def fit_classifier_head(source, destination, train_file, labels, steps=150, lr=1e-2, seed=0):
-    """Train only the head of a sequence classifier on a labelled JSONL file, then save it.
+    """The README's recipe (sample_models/make_classifier.py): fit a classifier head, save the model."""
+    import importlib.util
 
-    Stands in for the trained classifier a user would edit: MELO edits labels of a working model.
-    Returns (final training loss, training accuracy).
-    """
-    import json
-
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    rows = [json.loads(line) for line in open(train_file, encoding="utf-8")]
-    enc = tokenizer([r["input"] for r in rows], padding=True, truncation=True, return_tensors="pt")
-    y = torch.tensor([labels.index(r["target"]) for r in rows])
-    model.eval()  # no dropout: the body is frozen and only the head learns
-    model.requires_grad_(False)
-    with torch.no_grad():
-        body = model.base_model(**enc)
-    head = [p for n, p in model.named_parameters() if n.startswith(("classifier", "pre_classifier", "bert.pooler"))]
-    for p in head:
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(head, lr=lr)
-    for _ in range(steps):
-        pooled = model.bert.pooler(body.last_hidden_state) if hasattr(model, "bert") else body.last_hidden_state[:, 0]
-        loss = torch.nn.functional.cross_entropy(model.classifier(pooled), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        accuracy = (model(**enc).logits.argmax(-1) == y).float().mean().item()
-    model.save_pretrained(destination)
-    tokenizer.save_pretrained(destination)
-    return float(loss.detach()), accuracy
+    spec = importlib.util.spec_from_file_location("make_classifier", ROOT / "sample_models" / "make_classifier.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fit_classifier_head(source, destination, train_file, labels, steps, lr, seed)
 
 
 CLASS_LABELS = ["place", "person", "time", "other"]
