@@ -37,6 +37,8 @@ class Backbone:
     task: str
     source: str
     device: torch.device
+    gguf: dict | None = None
+    """For a GGUF base: the file's name, sha256 and size (the weights came from it, dequantised)."""
 
     @property
     def pad_id(self) -> int:
@@ -115,11 +117,24 @@ def check_source(source: str) -> None:
         raise InputError(f"{source}: no such model folder or file")
 
 
+def readable_source(source: str, trust_remote_code: bool = False) -> tuple[str, dict | None]:
+    """(what from_pretrained reads, the GGUF record or None): a GGUF file reads as its converted folder."""
+    from . import gguf
+
+    check_source(source)
+    quiet_transformers()
+    found = gguf.find(source)
+    if found is None:
+        return source, None
+    info = gguf.inspect_file(found)
+    return str(gguf.converted(info, trust_remote_code)), info.record()
+
+
 def load_config(source: str, trust_remote_code: bool = False):
     """The model's config alone (no weights): enough to detect the task and check labels."""
     from transformers import AutoConfig
 
-    check_source(source)
+    source, _ = readable_source(source, trust_remote_code)
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -132,6 +147,8 @@ def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "au
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
     quiet_transformers()
+    given = source
+    source, gguf_record = readable_source(source, trust_remote_code)
     config = load_config(source, trust_remote_code)
     task = task_for(config, task)
     auto = {"causal-lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
@@ -151,7 +168,7 @@ def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "au
     target = resolve_device(device)
     model.to(target).eval()
     model.requires_grad_(False)
-    return Backbone(model, tokenizer, task, source, target)
+    return Backbone(model, tokenizer, task, given, target, gguf_record)
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):

