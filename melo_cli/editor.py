@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import tasks
+from . import prefix, tasks
 from .edited import EditedModel
 from .edits import Edit, normalise_input
 from .router import Router, auto_radius
@@ -71,24 +71,29 @@ class StepBudget:
 
 
 def train_block(edited: EditedModel, block: int, inputs: list[str], targets: list[str],
-                generator: torch.Generator) -> tuple[int, float, list[bool]]:
+                generator: torch.Generator, split: bool = True) -> tuple[int, float, list[bool]]:
     """Train a fresh `block` on these pairs; (optimizer steps, final loss, target is argmax per pair).
 
     Stops when every target is the argmax and the loss is under the threshold, or when the step
-    budget (`StepBudget`) is spent.
+    budget (`StepBudget`) is spent. `split` trains only what can change: the frozen prefix is
+    replayed (prefix.py) and the head computes logits only where targets are scored; both exact.
     """
     config, backbone = edited.config, edited.backbone
     params = [p for layer in edited.layers.values() for p in layer.start_block(block, generator)]
     enc = tasks.encode(backbone, inputs, targets).to(backbone.device)
+    model_inputs, scored_targets, aligned = tasks.narrowed(backbone, enc) if split else (enc.inputs, enc.targets, False)
+    rows = tasks.rows_of(enc) if aligned else None
     ids = torch.full((len(inputs),), block, dtype=torch.long, device=backbone.device)
     optimizer = torch.optim.Adam(params, lr=config.lr)
     steps, loss_value, hits = 0, float("inf"), None
     budget = StepBudget(config.max_steps)
+    step = prefix.train_steps(prefix.frozen_prefix(backbone.model, config.lora_layers) if split else None,
+                              lambda: edited._forward(model_inputs).logits)
     try:
         while True:
             with torch.enable_grad(), edited.routes.fixed(ids):
-                logits = edited._forward(enc.inputs).logits
-                loss_rows, hits = tasks.score(backbone, logits, enc.targets)
+                logits = step(steps)
+                loss_rows, hits = tasks.score(backbone, logits, scored_targets, aligned, rows)
                 loss = loss_rows.mean()
             loss_value = float(loss.detach())
             if (bool(hits.all()) and loss_value < config.loss_threshold) or budget.spent(steps, loss_value):
@@ -118,7 +123,8 @@ class RunResult:
 
 
 def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[list[int]],
-        on_batch: Callable[[BatchReport], None] | None = None, negatives: list[str] = ()) -> RunResult:
+        on_batch: Callable[[BatchReport], None] | None = None, negatives: list[str] = (),
+        split: bool = True) -> RunResult:
     """Apply `new` edits (positions grouped into `groups`) after the `history` the bundle already holds.
 
     Edit number n refers to (history + new)[n], as stored in the bundle's edits.jsonl. Negatives
@@ -155,7 +161,8 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
         replayed = sorted(set(replay) - set(superseded))
         trained = [offset + p for p in group if offset + p not in superseded] + replayed
         chosen = [all_edits[n] for n in trained]
-        steps, loss, hits = train_block(edited, block, [e.input for e in chosen], [e.target for e in chosen], generator)
+        steps, loss, hits = train_block(edited, block, [e.input for e in chosen], [e.target for e in chosen], generator,
+                                        split)
         report = BatchReport(batch_number, block, len(group), len(replayed), steps, round(loss, 6),
                              all(hits), rules, round(time.perf_counter() - started, 3),
                              [n for n, hit in zip(trained, hits) if not hit])

@@ -109,11 +109,49 @@ def encode(backbone: Backbone, inputs: list[str], targets: list[str] | None = No
     return Encoded(model_inputs, enc["attention_mask"], label_ids)
 
 
-def score(backbone: Backbone, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss per row, every-target-token-is-argmax per row) for teacher-forced logits."""
+def narrowed(backbone: Backbone, enc: Encoded) -> tuple[dict[str, torch.Tensor], torch.Tensor, bool]:
+    """(forward kwargs, targets, aligned) computing a causal LM's logits only where a target is scored.
+
+    The head of a small LM costs more than several of its blocks (SmolLM2: 49,152 x 576, seven blocks'
+    worth per position), and only the positions just before target tokens are scored: `logits_to_keep`
+    as a (batch, seq) mask keeps exactly those, flattened to (n, vocab) logits. `aligned` means
+    logits[j] predicts targets[j], a (n,) vector; `score` then also needs the row of each (`rows`).
+    Other tasks and models without `logits_to_keep` get full logits and targets.
+    """
+    import inspect
+
+    model = backbone.model
+    if backbone.task != "causal-lm" or "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return enc.inputs, enc.targets, False
+    keep = torch.zeros_like(enc.targets, dtype=torch.bool)
+    keep[:, :-1] = enc.targets[:, 1:] != IGNORE
+    shifted = torch.full_like(enc.targets, IGNORE)
+    shifted[:, :-1] = enc.targets[:, 1:]
+    return {**enc.inputs, "logits_to_keep": keep, "use_cache": False}, shifted[keep], True
+
+
+def rows_of(enc: Encoded) -> torch.Tensor:
+    """For `narrowed` targets: the batch row of each scored position."""
+    keep = enc.targets[:, 1:] != IGNORE
+    return keep.nonzero()[:, 0]
+
+
+def score(backbone: Backbone, logits: torch.Tensor, targets: torch.Tensor,
+          aligned: bool = False, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss per row, every-target-token-is-argmax per row) for teacher-forced logits.
+
+    A causal LM's logits at position t predict token t + 1; with `aligned` (see `narrowed`) logits
+    are (n, vocab) at the scored positions only, and `rows` names the batch row of each."""
     if backbone.task == "classification":
         loss = F.cross_entropy(logits.float(), targets, reduction="none")
         return loss, logits.argmax(-1) == targets
+    if aligned:
+        n_rows = int(rows.max()) + 1 if rows.numel() else 0
+        token_loss = F.cross_entropy(logits.float(), targets, reduction="none")
+        counts = torch.zeros(n_rows, device=logits.device).index_add_(0, rows, torch.ones_like(token_loss))
+        loss = torch.zeros(n_rows, device=logits.device).index_add(0, rows, token_loss) / counts.clamp(min=1)
+        wrong = torch.zeros(n_rows, device=logits.device).index_add_(0, rows, (logits.argmax(-1) != targets).float())
+        return loss, wrong == 0
     if backbone.task == "causal-lm":
         logits, targets = logits[:, :-1], targets[:, 1:]
     token_loss = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")

@@ -1,0 +1,102 @@
+"""Training above the frozen layers is exact: the replayed prefix gives the full pass's loss and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import load_edits
+from melo_cli import backbones, prefix, tasks
+from melo_cli.config import MeloConfig
+from melo_cli.edited import EditedModel
+
+
+def _edited(path, task="auto"):
+    backbone = backbones.load(str(path), task, "cpu")
+    lora = backbones.default_lora_layers(backbone.model, backbone.task)
+    config = MeloConfig(task=backbone.task, lora_layers=lora, key_layer=backbones.default_key_layer(backbone.model, lora))
+    return EditedModel(backbone, config)
+
+
+def _loss_and_grads(edited, enc, replay: bool):
+    backbone = edited.backbone
+    inputs, targets, aligned = tasks.narrowed(backbone, enc)
+    params = [p for layer in edited.layers.values() for p in (layer.train_A, layer.train_B)]
+    ids = torch.zeros(enc.inputs["input_ids"].shape[0], dtype=torch.long)
+    frozen = prefix.frozen_prefix(backbone.model, edited.config.lora_layers)
+    assert frozen is not None and frozen.k >= 1
+    with edited.routes.fixed(ids), torch.enable_grad():
+        if replay:
+            with torch.no_grad(), frozen.capturing():
+                edited._forward(inputs)
+            with frozen.replaying():
+                logits = edited._forward(inputs).logits
+        else:
+            logits = edited._forward(inputs).logits
+        loss = tasks.score(backbone, logits, targets, aligned, tasks.rows_of(enc) if aligned else None)[0].mean()
+        grads = torch.autograd.grad(loss, params)
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2", "t5-relu", "t5-gated-gelu", "bert"])
+def test_replayed_prefix_gives_the_same_loss_and_gradients(model, llama_path, gpt2_path, t5_paths, bert_path):
+    path = {"llama": llama_path, "gpt2": gpt2_path, "t5-relu": t5_paths["relu"],
+            "t5-gated-gelu": t5_paths["gated-gelu"], "bert": bert_path}[model]
+    edited = _edited(path)
+    generator = torch.Generator().manual_seed(0)
+    for layer in edited.layers.values():
+        layer.start_block(0, generator)
+        with torch.no_grad():
+            layer.train_B.normal_(0, 0.05, generator=generator)  # a block that already does something
+    sample = "classification-20.jsonl" if model == "bert" else "counterfact-20.jsonl"
+    edits = load_edits(sample, 6)
+    enc = tasks.encode(edited.backbone, [e["input"] for e in edits], [e["target"] for e in edits])
+    full_loss, full_grads = _loss_and_grads(edited, enc, replay=False)
+    split_loss, split_grads = _loss_and_grads(edited, enc, replay=True)
+    assert torch.allclose(split_loss, full_loss, rtol=1e-6, atol=1e-7), (split_loss, full_loss)
+    for a, b in zip(split_grads, full_grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in full_grads)
+
+
+def test_the_replay_is_checked_after_the_capture_and_a_mismatch_falls_back(llama_path):
+    edited = _edited(llama_path)
+    frozen = prefix.frozen_prefix(edited.backbone.model, edited.config.lora_layers)
+    outputs = iter([torch.ones(2, 3), torch.zeros(2, 3), torch.ones(2, 3), torch.ones(2, 3)])
+
+    def forward():  # no block runs here, so give the replay something to hold
+        frozen.captured = torch.zeros(1)
+        return next(outputs)
+
+    step = prefix.train_steps(frozen, forward)
+    assert torch.equal(step(0), torch.ones(2, 3))  # capture gave ones, the replay zeros: redone in full
+    assert frozen.trusted is False and "differ" in frozen.reason
+    assert torch.equal(step(1), torch.ones(2, 3))  # so step 1 is a full pass too
+
+
+def test_a_real_batch_is_trained_above_the_frozen_layers(llama_path):
+    from melo_cli import editor
+
+    edited = _edited(llama_path)
+    seen = []
+    original = prefix.FrozenPrefix.replaying
+
+    def spy(self):
+        seen.append(self.trusted)
+        return original(self)
+
+    prefix.FrozenPrefix.replaying = spy
+    try:
+        edits = load_edits("counterfact-20.jsonl", 5)
+        steps, _, hits = editor.train_block(edited, 0, [e["input"] for e in edits], [e["target"] for e in edits],
+                                            torch.Generator().manual_seed(0))
+    finally:
+        prefix.FrozenPrefix.replaying = original
+    assert all(hits) and steps >= 2
+    assert len(seen) == steps + 1 and all(t is not False for t in seen)  # every forward, steps 0..n
+
+
+def test_no_prefix_when_lora_starts_in_the_first_block(llama_path):
+    edited = _edited(llama_path)
+    assert prefix.frozen_prefix(edited.backbone.model, ["model.layers.0.mlp.down_proj"]) is None
+    assert prefix.frozen_prefix(edited.backbone.model, ["model.layers.3.mlp.down_proj"]).k == 3
