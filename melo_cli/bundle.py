@@ -105,7 +105,8 @@ def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Rout
     `lora` maps names to float32 arrays (numpy, or torch tensors on the CPU)."""
     save_numpy({name: np.ascontiguousarray(np.asarray(t, np.float32)) for name, t in lora.items()},
                str(directory / LORA))
-    save_numpy(router.arrays(), str(directory / CLUSTERS), metadata={"labels": json.dumps(router.labels)})
+    save_numpy(router.arrays(), str(directory / CLUSTERS), metadata={"labels": json.dumps(router.labels),
+                                                                      "subjects": json.dumps(router.member_subjects)})
     router.save_index(directory / INDEX)
     _write_text(directory / EDITS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     for name, text in (extra_files or {}).items():
@@ -257,7 +258,9 @@ def load(path: str | Path) -> Bundle:
         arrays = load_numpy(str(path / CLUSTERS))
         from safetensors import safe_open
         with safe_open(str(path / CLUSTERS), "np") as f:
-            labels = json.loads((f.metadata() or {}).get("labels", "[]"))
+            metadata = f.metadata() or {}
+        labels = json.loads(metadata.get("labels", "[]"))
+        subjects = json.loads(metadata["subjects"]) if "subjects" in metadata else None
         lora = load_numpy(str(path / LORA))
     except Exception as exc:  # safetensors raises several types for damaged files
         raise BundleError(f"{path}: unreadable tensors: {str(exc).splitlines()[0]}") from None
@@ -268,11 +271,14 @@ def load(path: str | Path) -> Bundle:
     if dim != manifest["key_dim"] or count != n_clusters:
         raise BundleError(f"{path / INDEX}: index of {count} keys of dimension {dim}; the manifest says "
                           f"{n_clusters} of dimension {manifest['key_dim']}")
+    if subjects is not None and (not isinstance(subjects, list) or len(subjects) != len(arrays["member_edit"])
+                                 or not all(s is None or isinstance(s, str) for s in subjects)):
+        raise BundleError(f"{path / CLUSTERS}: 'subjects' does not match the members")
     router = Router.restore(arrays, labels, path / INDEX, config.metric, config.init_radius, config.margin,
-                            config.radius_policy)
+                            config.radius_policy, subjects)
     records = [json.loads(line) for line in (path / EDITS).read_text(encoding="utf-8").splitlines() if line.strip()]
     edits = [Edit(r["input"], r["target"], tuple(r.get("rephrases") or ()), r.get("id"), r.get("batch"), i + 1,
-                  superseded=r.get("superseded")) for i, r in enumerate(records)]
+                  superseded=r.get("superseded"), subject=r.get("subject")) for i, r in enumerate(records)]
     history = ([json.loads(line) for line in (path / HISTORY).read_text(encoding="utf-8").splitlines() if line.strip()]
                if HISTORY in manifest["files"] else [])
     return Bundle(path, manifest, config, lora, router, edits, records, history)

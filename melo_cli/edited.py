@@ -70,11 +70,11 @@ class EditedModel:
         keys = pool(hidden_of(output), scope.key_mask, self.config.key_pooling)
         scope.block_ids = scope.on_keys(keys).to(keys.device)
 
-    def _route_keys(self, keys: torch.Tensor, found: list[Route]) -> torch.Tensor:
+    def _route_keys(self, keys: torch.Tensor, texts: list[str], found: list[Route]) -> torch.Tensor:
         if self.router is None or len(self.router) == 0:
             routes = [Route(None, None, NO_BLOCK) for _ in range(keys.shape[0])]
         else:
-            routes = self.router.route(keys.detach().cpu().numpy())
+            routes = self.router.route(keys.detach().cpu().numpy(), texts)
         found.extend(routes)
         return torch.tensor([r.block for r in routes], dtype=torch.long)
 
@@ -86,11 +86,11 @@ class EditedModel:
         """
         found: list[Route] = []
         if self.encoder is not None:
-            ids = self._route_keys(self.encoder.keys(texts), found).to(key_mask.device)
+            ids = self._route_keys(self.encoder.keys(texts), texts, found).to(key_mask.device)
             with self.routes.fixed(ids):
                 yield found
             return
-        with self.routes.by_key(key_mask, lambda keys: self._route_keys(keys, found)):
+        with self.routes.by_key(key_mask, lambda keys: self._route_keys(keys, texts, found)):
             yield found
 
     @property

@@ -153,7 +153,7 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
             old = live_by_input.get(normalise_input(new[position].input))
             if old is not None and all_edits[old].target != new[position].target and router.retire_edit(old):
                 superseded[old] = number
-            result = router.add(keys[position], new[position].target, block, number)
+            result = router.add(keys[position], new[position].target, block, number, new[position].subject)
             superseded.update({gone: number for gone in result.superseded})
             rules[result.rule] += 1
             if result.reassigned:
@@ -169,7 +169,7 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
         reports.append(report)
         if on_batch is not None:
             on_batch(report)
-    routes = router.route(keys) if len(new) else []
+    routes = router.route(keys, [e.input for e in new]) if len(new) else []
     lost = [offset + i for i, (e, r) in enumerate(zip(new, routes))
             if offset + i not in superseded and (not r.routed or router.labels[r.cluster] != e.target)]
     return RunResult(reports, lost, superseded)

@@ -41,6 +41,9 @@ class Edit:
     """Its position (from 1) in a file that is one JSON array, EasyEdit's format."""
     superseded: dict | None = None
     """For a bundle's edits: {"by": edit number, "at": time} once a later edit corrected it."""
+    subject: str | None = None
+    """The entity the edit is about ("Danielle Darrieux"): inputs that do not mention it are not
+    routed to this edit (the router's subject gate). CounterFact, zsRE and EasyEdit data carry it."""
 
     @property
     def live(self) -> bool:
@@ -52,6 +55,8 @@ class Edit:
 
     def to_json(self, **extra) -> dict:
         record = {"id": self.id, "input": self.input, "target": self.target, "rephrases": list(self.rephrases)}
+        if self.subject is not None:
+            record["subject"] = self.subject
         if self.batch is not None:
             record["batch"] = self.batch
         record.update(extra)
@@ -116,6 +121,16 @@ def _optional_scalar(record: dict, name: str, where: dict) -> str | None:
     return str(value)
 
 
+def _subject(record: dict, where: dict) -> str | None:
+    """The optional subject: a non-empty string."""
+    if record.get("subject") is None:
+        return None
+    value = record["subject"]
+    if not isinstance(value, str) or not value.strip():
+        raise InputError("expected a non-empty string", field="subject", **where)
+    return value
+
+
 def parse_edit(record: object, where: dict) -> Edit:
     if not isinstance(record, dict):
         raise InputError(f"expected a JSON object, got {type(record).__name__}", **where)
@@ -125,6 +140,7 @@ def parse_edit(record: object, where: dict) -> Edit:
         rephrases=_rephrases(record, where),
         id=_optional_scalar(record, "id", where) if "id" in record else _optional_scalar(record, "case_id", where),
         batch=_optional_scalar(record, "batch", where),
+        subject=_subject(record, where),
         line=where.get("line") or 0,
         record=where.get("record"),
     )

@@ -15,11 +15,18 @@ correction, not a neighbour: the member is retired (its edit superseded) rather 
 since a split there would shrink both radii to float noise and let padding decide the route. A
 cluster left with no member is retired: removed from the search, its block kept untouched.
 
+Subject gate: an edit may name its subject (the entity it is about, as CounterFact, zsRE and
+EasyEdit data do). A cluster whose members name subjects is a candidate for an input only if the
+input contains every word of one of those subjects; the nearest candidate then decides as above.
+Paraphrases of an edit mention its subject; the inputs most likely to be routed wrongly (the same
+relation about another entity: "BBC One, by" vs "BBC Radio, by") do not.
+
 The centres live in an hnswlib index; everything else is in plain arrays saved with safetensors.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +105,7 @@ class Router:
         self.member_keys = np.zeros((0, dim), np.float32)
         self.member_cluster = np.zeros(0, np.int64)
         self.member_edit = np.zeros(0, np.int64)
+        self.member_subjects: list[str | None] = []
         self.retired = np.zeros(0, np.bool_)
         self.index = self._new_index(16)
 
@@ -147,33 +155,34 @@ class Router:
         self._index_put(cluster)
         return cluster
 
-    def _add_member(self, key: np.ndarray, cluster: int, edit: int) -> None:
+    def _add_member(self, key: np.ndarray, cluster: int, edit: int, subject: str | None = None) -> None:
+        self.member_subjects.append(subject)
         self.member_keys = np.vstack([self.member_keys, key[None]])
         self.member_cluster = np.append(self.member_cluster, np.int64(cluster))
         self.member_edit = np.append(self.member_edit, np.int64(edit))
 
-    def add(self, key: np.ndarray, label: str, block: int, edit: int) -> AddResult:
-        """Add the key of edit `edit` (label = its target) trained into `block`."""
+    def add(self, key: np.ndarray, label: str, block: int, edit: int, subject: str | None = None) -> AddResult:
+        """Add the key of edit `edit` (label = its target, `subject` its entity if known) trained into `block`."""
         key = np.asarray(key, np.float32).reshape(self.dim)
         superseded = self._retire_same_key(key, label)
-        result = self._add(key, label, block, edit)
+        result = self._add(key, label, block, edit, subject)
         result.superseded = superseded
         return result
 
-    def _add(self, key: np.ndarray, label: str, block: int, edit: int) -> AddResult:
+    def _add(self, key: np.ndarray, label: str, block: int, edit: int, subject: str | None) -> AddResult:
         r0 = self.init_radius
         if self.policy == "voronoi":
             cluster = self._new_cluster(key, label, block, r0)
-            self._add_member(key, cluster, edit)
+            self._add_member(key, cluster, edit, subject)
             return AddResult(cluster, "new")
         clusters, dists = self.nearest(key, 1)
         if clusters.shape[1] == 0 or dists[0, 0] > self.radii[clusters[0, 0]] + r0:
             cluster = self._new_cluster(key, label, block, r0)
-            self._add_member(key, cluster, edit)
+            self._add_member(key, cluster, edit, subject)
             return AddResult(cluster, "new")
         near, d = int(clusters[0, 0]), float(dists[0, 0])
         if self.labels[near] == label:
-            self._add_member(key, near, edit)
+            self._add_member(key, near, edit, subject)
             members = self.member_keys[self.member_cluster == near]
             self.centres[near] = members.mean(0) if self.metric == "euclidean" else _mean_direction(members)
             self.radii[near] = max(r0, float(distance(members, self.centres[near], self.metric).max()))
@@ -186,7 +195,7 @@ class Router:
         for cluster in self._shrink_off(near, key, d):
             new_radius = min(new_radius, SHRINK * float(distance(self.centres[cluster][None], key, self.metric)[0]) / 2)
         cluster = self._new_cluster(key, label, block, new_radius)
-        self._add_member(key, cluster, edit)
+        self._add_member(key, cluster, edit, subject)
         return AddResult(cluster, "split")
 
     def _retire_same_key(self, key: np.ndarray, label: str) -> tuple[int, ...]:
@@ -277,27 +286,40 @@ class Router:
             self.radii[c] = min(float(self.radii[c]), self.init_radius, gap)
         return changed
 
-    def route(self, keys: np.ndarray) -> list[Route]:
-        """For each key: the nearest cluster's block when inside its radius, else no block.
+    def route(self, keys: np.ndarray, texts: list[str] | None = None) -> list[Route]:
+        """For each key: the nearest candidate cluster's block when inside its radius, else no block.
 
-        With a margin m > 0 the nearest cluster must also be clearly nearest: every cluster of
-        another label (negatives included) must be at least (1 + m) times as far.
+        Candidates are the clusters whose subject gate the input's text passes (all of them without
+        texts or subjects). With a margin m > 0 the nearest candidate must also be clearly nearest:
+        every candidate of another label (negatives included) must be at least (1 + m) times as far.
         """
-        k = 8 if self.margin > 0 else 1
+        gated = texts is not None and any(s is not None for s in self.member_subjects)
+        k = 16 if gated else 8 if self.margin > 0 else 1
         clusters, dists = self.nearest(keys, k)
+        subjects = self._cluster_subjects() if gated else {}
         routes = []
         for row in range(len(clusters)):
-            if clusters.shape[1] == 0:
+            words = text_words(texts[row]) if gated else set()
+            found = [(int(c), float(d)) for c, d in zip(clusters[row], dists[row])
+                     if not gated or _passes(subjects.get(int(c)), words)]
+            if not found:
                 routes.append(Route(None, None, NO_BLOCK))
                 continue
-            c, d = int(clusters[row, 0]), float(dists[row, 0])
+            c, d = found[0]
             inside = d <= float(self.radii[c])
             if inside and self.margin > 0:
-                rivals = [float(dr) for cr, dr in zip(clusters[row, 1:], dists[row, 1:])
-                          if self.labels[cr] != self.labels[c]]
+                rivals = [dr for cr, dr in found[1:] if self.labels[cr] != self.labels[c]]
                 inside = not rivals or rivals[0] >= (1.0 + self.margin) * d
             routes.append(Route(c, d, int(self.blocks[c]) if inside else NO_BLOCK))
         return routes
+
+    def _cluster_subjects(self) -> dict[int, list[frozenset[str]]]:
+        """Per cluster, the word sets of its live members' subjects (clusters without any: absent)."""
+        out: dict[int, list[frozenset[str]]] = {}
+        for cluster, subject in zip(self.member_cluster, self.member_subjects):
+            if cluster >= 0 and subject:
+                out.setdefault(int(cluster), []).append(frozenset(text_words(subject)))
+        return out
 
     def members_of(self, cluster: int) -> np.ndarray:
         """Edit numbers of the live members of a cluster."""
@@ -322,7 +344,8 @@ class Router:
 
     @classmethod
     def restore(cls, arrays: dict[str, np.ndarray], labels: list[str], index_path: Path,
-                metric: str, init_radius: float, margin: float = 0.0, policy: str = "split") -> "Router":
+                metric: str, init_radius: float, margin: float = 0.0, policy: str = "split",
+                subjects: list[str | None] | None = None) -> "Router":
         """Rebuild a router from its saved arrays and the hnswlib index file."""
         centres = arrays["centres"].astype(np.float32)
         router = cls(centres.shape[1], metric, init_radius, margin=margin, policy=policy)
@@ -334,12 +357,23 @@ class Router:
         router.retired = (arrays["retired"].astype(np.bool_) if "retired" in arrays
                           else np.zeros(len(router.radii), np.bool_))
         router.labels = list(labels)
+        router.member_subjects = list(subjects) if subjects is not None else [None] * len(router.member_edit)
         index = hnswlib.Index(space="l2" if metric == "euclidean" else "cosine", dim=router.dim)
         index.load_index(str(index_path), max_elements=max(16, len(router.labels)))
         index.set_ef(router.ef)
         index.set_num_threads(1)
         router.index = index
         return router
+
+
+def text_words(text: str) -> set[str]:
+    """The words of a text as the subject gate compares them: lower case, letters and digits."""
+    return set(re.findall(r"\w+", text.casefold()))
+
+
+def _passes(subjects: list[frozenset[str]] | None, words: set[str]) -> bool:
+    """A cluster without subjects is always a candidate; else one of its subjects must be in the text."""
+    return subjects is None or any(subject <= words for subject in subjects)
 
 
 def _mean_direction(keys: np.ndarray) -> np.ndarray:

@@ -176,7 +176,7 @@ def test_the_route_is_decided_once_from_the_prompt_and_kept_while_generating(lla
     _, edited = workflow.open_bundle(out, device="cpu")
     calls = []
     original = edited._route_keys
-    edited._route_keys = lambda keys, found: calls.append(keys.shape) or original(keys, found)
+    edited._route_keys = lambda keys, texts, found: calls.append(keys.shape) or original(keys, texts, found)
     edit = load_edits("counterfact-20.jsonl")[3]
     prediction = edited.predict([edit["input"], "Once upon a time"], max_new_tokens=12)
     assert len(calls) == 1 and calls[0][0] == 2  # one decision for the batch, at the prompt's forward
