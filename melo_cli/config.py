@@ -27,6 +27,13 @@ class MeloConfig:
     """split (MELO/GRACE rules) or voronoi (every key a centre, the nearest centre decides)."""
     margin: float = 0.0
     """Route only if every cluster of another label is (1 + margin) times farther (0: off)."""
+    block_per: str = "edit"
+    """edit: every edit cluster gets its own LoRA block (it never has to tell edits apart, so it can
+    learn to give its target from any input the router sends it); batch: one block per batch of
+    edits (the MELO paper's layout)."""
+    contexts: int = 5
+    """With block_per=edit: each block also learns its target after this many generic contexts
+    (editor.CONTEXTS), so it answers paraphrases and not only the edit's own wording."""
     lr: float = 1e-2
     max_steps: int | str = "auto"
     """Most optimizer steps per batch, or "auto": 100, extended 100 at a time (up to 1,000) while

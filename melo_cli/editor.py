@@ -36,6 +36,10 @@ class BatchReport:
     seconds: float = 0.0
     unlearned: list[int] = field(default_factory=list)
     """Edit numbers of the batch whose target is not the argmax after the last step."""
+    blocks: int = 1
+    """How many new blocks the batch trained (one per edit cluster, or one)."""
+    edit_blocks: dict[int, int] = field(default_factory=dict)
+    """Edit number -> the block it was trained into."""
 
 
 def ensure_router(edited: EditedModel, keys: np.ndarray) -> Router:
@@ -44,6 +48,8 @@ def ensure_router(edited: EditedModel, keys: np.ndarray) -> Router:
         config = edited.config
         if config.init_radius <= 0:  # auto: half the gap for split (radii halve anyway), the gap for voronoi
             config.init_radius = auto_radius(keys, config.metric, 1.0 if config.radius_policy == "voronoi" else 0.5)
+            if config.key_source == "encoder" and config.metric == "cosine":
+                config.init_radius = min(config.init_radius, ENCODER_MAX_RADIUS)
         edited.router = Router(keys.shape[1], config.metric, config.init_radius, margin=config.margin,
                                policy=config.radius_policy)
     return edited.router
@@ -70,20 +76,40 @@ class StepBudget:
         return True
 
 
+ENCODER_MAX_RADIUS = 0.6
+"""The largest auto radius for sentence-encoder keys (cosine distance, a fixed scale): a few unrelated
+edits have a wide median gap, and a radius that wide would route unrelated inputs. MiniLM on
+CounterFact: 95% of paraphrases lie within 0.45 of their edit, 99% within 0.59; the auto radius
+itself is 0.60 at 100 edits and 0.51 at 1,000."""
+CONTEXTS = ("Tell me about it:", "The answer is", "My friend said that", "In short,", "Here is what I know:",
+            "Yes, it is", "The following is a fact.", "Q: What is it? A:", "I think", "Everyone knows")
+"""Generic inputs a per-edit block also learns to answer with its target. The router already decided
+that an input belongs to the edit; the block should not have to recognise its wording again.
+Measured on SmolLM2-135M, CounterFact T=100 (every paraphrase routed to its block): trained on the
+edit alone a per-edit block answered 71% of its paraphrases; with 5 of these, 99%."""
+
+
 def train_block(edited: EditedModel, block: int, inputs: list[str], targets: list[str],
                 generator: torch.Generator, split: bool = True) -> tuple[int, float, list[bool]]:
-    """Train a fresh `block` on these pairs; (optimizer steps, final loss, target is argmax per pair).
+    """Train a fresh `block` on these pairs (see train_blocks)."""
+    return train_blocks(edited, block, 1, inputs, targets, [block] * len(inputs), generator, split)
+
+
+def train_blocks(edited: EditedModel, first: int, count: int, inputs: list[str], targets: list[str],
+                 row_blocks: list[int], generator: torch.Generator,
+                 split: bool = True) -> tuple[int, float, list[bool]]:
+    """Train fresh blocks first..first+count-1, row i into row_blocks[i]; (steps, final loss, hit per row).
 
     Stops when every target is the argmax and the loss is under the threshold, or when the step
     budget (`StepBudget`) is spent. `split` trains only what can change: the frozen prefix is
     replayed (prefix.py) and the head computes logits only where targets are scored; both exact.
     """
     config, backbone = edited.config, edited.backbone
-    params = [p for layer in edited.layers.values() for p in layer.start_block(block, generator)]
+    params = [p for layer in edited.layers.values() for p in layer.start_blocks(first, count, generator)]
     enc = tasks.encode(backbone, inputs, targets).to(backbone.device)
     model_inputs, scored_targets, aligned = tasks.narrowed(backbone, enc) if split else (enc.inputs, enc.targets, False)
     rows = tasks.rows_of(enc) if aligned else None
-    ids = torch.full((len(inputs),), block, dtype=torch.long, device=backbone.device)
+    ids = torch.tensor(row_blocks, dtype=torch.long, device=backbone.device)
     optimizer = torch.optim.Adam(params, lr=config.lr)
     steps, loss_value, hits = 0, float("inf"), None
     budget = StepBudget(config.max_steps)
@@ -122,6 +148,40 @@ class RunResult:
         return [n for r in self.reports for n in r.unlearned]
 
 
+def _compact_blocks(router: Router, touched: list[int], first: int) -> int:
+    """Renumber the new blocks the batch's clusters ended up with as first, first+1, ...; their count.
+
+    A key that joins a cluster moves the cluster to its own block, leaving the block it was given
+    unused: compacting keeps the pool free of blocks that no cluster routes to.
+    """
+    used = sorted({int(router.blocks[c]) for c in touched if router.blocks[c] >= first and not router.retired[c]})
+    renumber = {block: first + i for i, block in enumerate(used)}
+    for cluster in set(touched):
+        router.blocks[cluster] = renumber.get(int(router.blocks[cluster]), router.blocks[cluster])
+    return len(used)
+
+
+def _training_rows(router: Router, touched: list[int], first: int, edits: list[Edit], superseded: dict[int, int],
+                   contexts: int) -> list[tuple[int | None, object, str, int]]:
+    """(edit number or None, edit or context text, target, block) for every row a batch trains.
+
+    Every live member of a cluster that now uses a new block is trained into it (members of earlier
+    batches too: their cluster moved to the new block); with per-edit blocks each block also learns
+    its target after the generic CONTEXTS.
+    """
+    rows, seen = [], set()
+    for cluster in dict.fromkeys(touched):
+        block = int(router.blocks[cluster])
+        if block < first or router.retired[cluster]:
+            continue
+        for number in (int(m) for m in router.members_of(cluster)):
+            if number not in superseded and number not in seen:
+                seen.add(number)
+                rows.append((number, edits[number], edits[number].target, block))
+        rows += [(None, context, router.labels[cluster], block) for context in CONTEXTS[:contexts]]
+    return rows
+
+
 def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[list[int]],
         on_batch: Callable[[BatchReport], None] | None = None, negatives: list[str] = (),
         split: bool = True) -> RunResult:
@@ -142,30 +202,34 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
     live_by_input = {normalise_input(e.input): n for n, e in enumerate(history) if e.live}
     superseded: dict[int, int] = {}
     generator = torch.Generator().manual_seed(edited.config.seed + offset)
+    per_edit = edited.config.block_per == "edit"
     reports = []
     for batch_number, group in enumerate(groups):
         started = time.perf_counter()
-        block = edited.n_blocks
+        first = edited.n_blocks
         rules = {"new": 0, "join": 0, "split": 0}
-        replay: list[int] = []
-        for position in group:
+        touched: list[int] = []
+        for j, position in enumerate(group):
             number = offset + position
             old = live_by_input.get(normalise_input(new[position].input))
             if old is not None and all_edits[old].target != new[position].target and router.retire_edit(old):
                 superseded[old] = number
-            result = router.add(keys[position], new[position].target, block, number, new[position].subject)
+            result = router.add(keys[position], new[position].target, first + j if per_edit else first, number,
+                                new[position].subject)
             superseded.update({gone: number for gone in result.superseded})
             rules[result.rule] += 1
-            if result.reassigned:
-                replay += [int(m) for m in router.members_of(result.cluster) if m < offset + group[0]]
-        replayed = sorted(set(replay) - set(superseded))
-        trained = [offset + p for p in group if offset + p not in superseded] + replayed
-        chosen = [all_edits[n] for n in trained]
-        steps, loss, hits = train_block(edited, block, [e.input for e in chosen], [e.target for e in chosen], generator,
-                                        split)
-        report = BatchReport(batch_number, block, len(group), len(replayed), steps, round(loss, 6),
-                             all(hits), rules, round(time.perf_counter() - started, 3),
-                             [n for n, hit in zip(trained, hits) if not hit])
+            touched.append(result.cluster)
+        count = _compact_blocks(router, touched, first)
+        rows = _training_rows(router, touched, first, all_edits, superseded, edited.config.contexts if per_edit else 0)
+        steps, loss, hits = (train_blocks(edited, first, count, [r[1].input if r[0] is not None else r[1] for r in rows],
+                                          [r[2] for r in rows], [r[3] for r in rows], generator, split)
+                             if rows else (0, 0.0, []))
+        edit_rows = [(r[0], hit) for r, hit in zip(rows, hits) if r[0] is not None]
+        batch_numbers = {offset + p for p in group}
+        report = BatchReport(batch_number, first, len(group), sum(n not in batch_numbers for n, _ in edit_rows),
+                             steps, round(loss, 6), all(hit for _, hit in edit_rows), rules,
+                             round(time.perf_counter() - started, 3), [n for n, hit in edit_rows if not hit],
+                             count, {n: b for n, b in ((r[0], r[3]) for r in rows) if n is not None})
         reports.append(report)
         if on_batch is not None:
             on_batch(report)

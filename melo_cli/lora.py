@@ -6,9 +6,9 @@ to no block gets exactly W x (its output is not touched at all). This is the MEL
 neuron-indexed mask over one large rank, computed by gathering the active block rather than by
 multiplying with a 0/1 mask, so the cost per row does not grow with the number of blocks.
 
-Frozen blocks live in buffers (never in an optimizer). The block being trained is a pair of
-parameters kept apart until `commit_block` copies it into the pool, so earlier blocks stay
-bit-identical by construction.
+Frozen blocks live in buffers (never in an optimizer). The blocks being trained (one per edit, or
+one per batch) are parameters kept apart until `commit_block` copies them into the pool, so earlier
+blocks stay bit-identical by construction.
 """
 
 from __future__ import annotations
@@ -74,23 +74,33 @@ class BlockLoRA(nn.Module):
         self.lora_B = torch.cat([self.lora_B, self.lora_B.new_zeros(grow, *self.lora_B.shape[1:])])
 
     def start_block(self, block: int, generator: torch.Generator | None = None) -> list[nn.Parameter]:
-        """Open block `block` for training: A random (kaiming), B zero, so it starts as a no-op."""
-        self.ensure_blocks(block + 1)
-        a = torch.empty(self.rank, self.in_features, dtype=torch.float32)
+        """Open block `block` for training (see start_blocks)."""
+        return self.start_blocks(block, 1, generator)
+
+    def start_blocks(self, first: int, count: int, generator: torch.Generator | None = None) -> list[nn.Parameter]:
+        """Open blocks first..first+count-1 for training, each A random (kaiming) and B zero (a no-op).
+
+        They are trained together (each row of a batch uses its own block) and stay apart from the
+        pool until `commit_block`.
+        """
+        self.ensure_blocks(first + count)
+        a = torch.empty(count, self.rank, self.in_features, dtype=torch.float32)
         bound = 1.0 / math.sqrt(self.in_features)
         a.uniform_(-bound, bound, generator=generator)
         self.train_A = nn.Parameter(a.to(self.lora_A.device, self.lora_A.dtype))
-        self.train_B = nn.Parameter(torch.zeros_like(self.lora_B[0]))
-        self.train_block = block
+        self.train_B = nn.Parameter(torch.zeros(count, *self.lora_B.shape[1:], device=self.lora_B.device,
+                                                dtype=self.lora_B.dtype))
+        self.train_block = first
         return [self.train_A, self.train_B]
 
     @torch.no_grad()
     def commit_block(self) -> None:
-        """Copy the trained block into the pool and freeze it."""
+        """Copy the trained blocks into the pool and freeze them."""
         if self.train_block is None:
             return
-        self.lora_A[self.train_block] = self.train_A.detach()
-        self.lora_B[self.train_block] = self.train_B.detach()
+        first, count = self.train_block, self.train_A.shape[0]
+        self.lora_A[first:first + count] = self.train_A.detach()
+        self.lora_B[first:first + count] = self.train_B.detach()
         self.train_A = self.train_B = None
         self.train_block = None
 
@@ -98,9 +108,11 @@ class BlockLoRA(nn.Module):
         """A (n, r, in) and B (n, out, r) for the given block ids (all >= 0)."""
         a, b = self.lora_A[ids], self.lora_B[ids]
         if self.train_block is not None:
-            training = (ids == self.train_block).view(-1, 1, 1)
-            a = torch.where(training, self.train_A.unsqueeze(0), a)
-            b = torch.where(training, self.train_B.unsqueeze(0), b)
+            offset = ids - self.train_block
+            training = (offset >= 0).view(-1, 1, 1)
+            index = offset.clamp(min=0, max=self.train_A.shape[0] - 1)
+            a = torch.where(training, self.train_A[index], a)
+            b = torch.where(training, self.train_B[index], b)
         return a, b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

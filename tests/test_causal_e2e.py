@@ -35,14 +35,25 @@ def llama_bundle(llama_path, tmp_path_factory):
 
 def test_edit_prints_a_json_summary_and_writes_the_bundle(llama_bundle):
     out, summary = llama_bundle
-    assert summary["edits"] == 20 and summary["batches"] == 4 and summary["blocks"] == 4
+    # one block per edit cluster (the default): 20 edits, two of them the same target near each other
+    assert summary["edits"] == 20 and summary["batches"] == 4 and summary["blocks"] == summary["clusters"] >= 18
     assert summary["converged_batches"] == 4 and summary["unrouted_edits"] == 0
-    assert all(0 < steps <= 100 for steps in summary["steps_per_batch"])
+    assert all(0 < steps <= 1000 for steps in summary["steps_per_batch"])
     names = {p.name for p in out.iterdir()}
     assert {"manifest.yaml", "lora.safetensors", "router.hnsw", "clusters.safetensors", "edits.jsonl", "README.md"} <= names
     lora = load_file(out / "lora.safetensors")
-    assert lora["model.layers.4.mlp.down_proj.lora_A"].shape == (4, 4, 172)  # 4 blocks of rank 4
+    assert lora["model.layers.4.mlp.down_proj.lora_A"].shape == (summary["blocks"], 4, 172)  # rank 4 each
     records = json_lines((out / "edits.jsonl").read_text())
+    blocks = [r["block"] for r in records]
+    assert blocks == sorted(blocks) and set(blocks) == set(range(summary["blocks"]))
+    assert [r["batch"] for r in records] == [str(b) for b in range(4) for _ in range(5)]
+
+
+def test_block_per_batch_is_the_melo_paper_layout(llama_path, tmp_path):
+    result = melo("edit", llama_path, EDITS, "-o", tmp_path / "b", "--batch-size", "5", "--block-per", "batch")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["blocks"] == 4
+    records = json_lines((tmp_path / "b" / "edits.jsonl").read_text())
     assert [r["block"] for r in records] == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
 
 
@@ -98,12 +109,13 @@ def test_sequential_edits_keep_old_blocks_and_leave_the_old_bundle_alone(llama_p
     before = tree_digest(old)
     result = melo("edit", second, "--bundle", old, "-o", new, "--batch-size", "5")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["total_edits"] == 20
+    summary = json.loads(result.stdout)
+    assert summary["total_edits"] == 20
     assert tree_digest(old) == before
     old_lora, new_lora = load_file(old / "lora.safetensors"), load_file(new / "lora.safetensors")
     for name, tensor in old_lora.items():
-        assert torch.equal(new_lora[name][:2], tensor), name  # blocks of batch 1 and 2, bit for bit
-        assert new_lora[name].shape[0] == 4
+        assert torch.equal(new_lora[name][:tensor.shape[0]], tensor), name  # the first run's blocks, bit for bit
+        assert new_lora[name].shape[0] == summary["blocks"] > tensor.shape[0]
     records = generate_json(new, [e["input"] for e in load_edits("counterfact-20.jsonl")])
     for edit, record in zip(load_edits("counterfact-20.jsonl"), records):
         assert record["text"].strip().startswith(edit["target"]), (edit, record)

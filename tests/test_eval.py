@@ -46,7 +46,7 @@ def test_generality_is_null_without_rephrases_and_locality_null_without_holdout(
     _, out = bundle
     result = eval_json("--bundle", out)  # the bundle's own edits, which have no rephrases
     assert result["generality"] is None and result["locality"] is None and result["holdout_accuracy"] is None
-    assert result["n_edits"] == 2 and result["n_blocks"] == 1 and result["mode"] == "teacher-forced"
+    assert result["n_edits"] == 2 and result["n_blocks"] == 2 and result["mode"] == "teacher-forced"  # a block each
 
 
 def test_locality_and_holdout_accuracy(bundle):

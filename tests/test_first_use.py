@@ -108,7 +108,7 @@ def test_a_file_may_correct_its_own_earlier_line_and_repeat_lines(llama_path, tm
     result = melo("edit", llama_path, edits, "-o", tmp_path / "b")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["edits"] == 2 and summary["blocks"] == 1  # 30 repeats and their correction: one edit
+    assert summary["edits"] == 2 and summary["blocks"] == 2  # 30 repeats and their correction: one edit
     assert "corrected by line 31" in result.stderr
     again = melo("edit", write_jsonl(tmp_path / "again.jsonl", [dict(line, target="French")]),
                  "--bundle", tmp_path / "b", "-o", tmp_path / "c")
@@ -312,7 +312,8 @@ def test_eval_names_perplexity_and_spells_modes_one_way(corrected):
     _, _, new, _ = corrected
     table = melo("eval", "--bundle", new, env={"COLUMNS": "200"})
     assert "perplexity of the edit targets (teacher-forced)" in table.stdout
-    gated = melo("eval", "--bundle", new, "--mode", "both", "--min-generality", "0.5")
+    unknown = write_jsonl(new.parent / "unknown.jsonl", [{"input": "Once upon a time", "target": "Zorg"}])
+    gated = melo("eval", "--bundle", new, "--edits", unknown, "--mode", "both", "--min-edit-success", "0.5")
     assert gated.exit_code == 3 and "(teacher-forced)" in gated.stderr and "teacher_forced" not in gated.stderr
 
 

@@ -87,8 +87,28 @@ def test_training_block_is_separate_and_commit_leaves_other_blocks_bit_identical
         optimizer.step()
     layer.commit_block()
     assert torch.equal(layer.lora_A[:2], frozen[0]) and torch.equal(layer.lora_B[:2], frozen[1])
-    assert torch.equal(layer.lora_A[2], params[0].detach()) and torch.count_nonzero(layer.lora_B[2]) > 0
+    assert torch.equal(layer.lora_A[2], params[0].detach()[0]) and torch.count_nonzero(layer.lora_B[2]) > 0
     assert layer.train_block is None
+
+
+def test_several_blocks_train_at_once_each_from_its_own_rows():
+    """One block per edit: rows of one batch train different new blocks, and only their own."""
+    layer, routes = make_layer(n_blocks=1)
+    frozen = layer.lora_A.clone(), layer.lora_B.clone()
+    a, b = layer.start_blocks(1, 3, torch.Generator().manual_seed(1))
+    assert a.shape[0] == 3 and layer.n_blocks == 4
+    with torch.no_grad():
+        b.normal_()
+    x = torch.randn(4, 6)
+    with routes.fixed(torch.tensor([3, 1, 0, 3])):
+        out = layer(x)
+    out[1].sum().backward()  # row 1 uses block 1 only
+    assert a.grad[0].abs().sum() > 0 and torch.count_nonzero(a.grad[1:]) == 0
+    with routes.fixed(torch.tensor([3, 1, 0, 3])):
+        expected = layer.base(x[0]) + layer.scale * (b[2].detach() @ (a[2].detach() @ x[0]))
+        assert torch.allclose(layer(x)[0], expected, atol=1e-6)  # block 3 = the third opened
+    layer.commit_block()
+    assert torch.equal(layer.lora_A[:1], frozen[0]) and torch.equal(layer.lora_B[1:], b.detach())
 
 
 def test_gpt2_conv1d_dims_follow_fan_in_fan_out():
