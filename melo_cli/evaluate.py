@@ -19,7 +19,7 @@ import torch
 from . import tasks
 from .edited import EditedModel
 from .edits import Edit, Holdout
-from .router import Route
+from .router import NO_BLOCK, Route
 
 MODES = ("teacher-forced", "generate")
 KEYS = ("edit_success", "generality", "locality", "holdout_accuracy", "perplexity", "n_edits", "n_clusters",
@@ -113,7 +113,14 @@ def locality(edited: EditedModel, holdout: list[Holdout], mode: str = "teacher-f
     """Share of holdout inputs whose output is the base model's; with the outcomes after and before."""
     inputs, targets = [h.input for h in holdout], [h.target for h in holdout]
     after = _run(edited, mode, inputs, targets, True, batch_size, advance)
-    before = _run(edited, mode, inputs, targets, False, batch_size, advance)
+    # a row routed to no block ran the base model itself (bit for bit, by construction): only the
+    # routed rows need a second, unrouted run
+    routed = [i for i, outcome in enumerate(after) if outcome.route.routed]
+    advance(len(after) - len(routed))
+    again = _run(edited, mode, [inputs[i] for i in routed], [targets[i] for i in routed], False, batch_size, advance)
+    before = [Outcome(a.hit, Route(None, None, NO_BLOCK), a.output) for a in after]
+    for i, outcome in zip(routed, again):
+        before[i] = outcome
     return _share([a.output == b.output for a, b in zip(after, before)]), after, before
 
 

@@ -56,3 +56,11 @@ def test_the_benchmark_readme_shows_exactly_the_committed_results():
     for path in results:
         assert path.read_text().strip() in readme, f"{path.name} is not in benchmarks/README.md: run report.py"
         assert path.with_suffix(".json").exists()
+
+
+def test_cost_benchmark_smoke(shared, tmp_path):
+    data = run_benchmark("cost.py", "--model", "stories260K", "--n", "4", "--batch-size", "2", out=tmp_path)
+    results = data["results"]
+    assert set(results) == {"melo", "full-passes", "reference-regime"}
+    assert results["reference-regime"]["steps_per_batch"] == [50, 50]
+    assert results["melo"]["edit_success"] == 1.0
