@@ -156,3 +156,32 @@ def test_margin_routes_only_when_the_nearest_cluster_is_clearly_nearest():
     assert plain2.route(v(1.8)[None])[0].block == 0  # 1.8 from A, inside its radius
     assert not strict2.route(v(1.8)[None])[0].routed  # B at 2.2 < 1.5 * 1.8: not clearly A
     assert strict2.route(v(0.5)[None])[0].block == 0  # 0.5 vs 3.5: clearly A
+
+
+def test_subject_gate_admits_only_edits_whose_subject_the_input_mentions():
+    router = Router(2, "euclidean", init_radius=1.0, policy="voronoi")
+    router.add(v(0, 0), "English", 0, 0, subject="Danielle Darrieux")
+    router.add(v(3, 0), "Islam", 1, 1, subject="Edwin of Northumbria")
+    router.add(v(0, 3), "Paris", 2, 2)  # no subject: never gated
+    near_a = np.stack([v(0.2, 0)] * 3)
+    texts = ["Where Danielle Darrieux is from, people speak", "The mother tongue of Michel Rocard is",
+             "danielle DARRIEUX's language"]
+    assert [r.block for r in router.route(near_a, texts)] == [0, NO_BLOCK, 0]  # words, case-insensitive
+    # the nearest edit fails the gate: the next candidate that passes decides (here: outside its radius)
+    assert router.route(v(1.2, 0)[None], ["Edwin of Northumbria is affiliated with"])[0].block == NO_BLOCK
+    assert router.route(v(2.6, 0)[None], ["Edwin of Northumbria is affiliated with"])[0].block == 1
+    assert router.route(v(0, 2.8)[None], ["anything at all"])[0].block == 2
+    assert router.route(near_a[:1])[0].block == 0  # without texts there is no gate
+
+
+def test_a_key_at_a_members_place_with_another_label_supersedes_it():
+    router = Router(2, "euclidean", init_radius=1.0)
+    router.add(v(0, 0), "English", 0, 0)
+    router.add(v(5, 0), "Islam", 0, 1)
+    result = router.add(v(0, 1e-5), "French", 1, 2)  # the same input again (float noise apart)
+    assert result.superseded == (0,) and result.rule == "new"
+    assert router.cluster_of(0) is None and router.n_live == 2
+    assert router.route(v(0, 0)[None])[0].block == 1  # the correction, at its full radius
+    assert router.radii[result.cluster] == pytest.approx(1.0)
+    assert router.retire_edit(1) and router.route(v(5, 0)[None])[0].block == NO_BLOCK
+    assert not router.retire_edit(1)  # already retired
