@@ -300,7 +300,7 @@ def tf_hits_and_argmax(ed, inputs, targets):
         _, h = tasks.score(ed.backbone, logits, enc.targets)
         hits += h.tolist()
         am = torch.where(enc.inputs["attention_mask"].bool(), logits.argmax(-1), -1)
-        argmaxes += [row.tolist() for row in am]
+        argmaxes += [[t for t in row.tolist() if t != -1] for row in am]  # padding varies with the chunk
     return hits, argmaxes
 
 

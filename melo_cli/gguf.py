@@ -102,12 +102,18 @@ def converted(gguf: GgufFile, trust_remote_code: bool = False) -> Path:
 
     log.info("converting %s to a Hugging Face folder in %s (once per file)", gguf.path, folder)
     source, name = str(gguf.path.parent), gguf.path.name
+    quiet = not log.isEnabledFor(logging.DEBUG) and "TQDM_DISABLE" not in os.environ
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own progress bar
     try:
         config = AutoConfig.from_pretrained(source, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(source, gguf_file=name, dtype="float32")
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=name)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise InputError(f"{gguf.path}: cannot read this GGUF file: {str(exc).splitlines()[0]}") from None
+    finally:
+        if quiet:
+            del os.environ["TQDM_DISABLE"]
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     clean = type(model)(config)  # without quantization_config, which save_pretrained refuses
