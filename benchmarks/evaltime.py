@@ -29,7 +29,8 @@ import common  # noqa: E402
 def melo(checkout: Path, *args: str) -> tuple[float, str]:
     env = dict(os.environ, PYTHONPATH=str(checkout), OMP_NUM_THREADS="1")
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "melo_cli.cli", "-q", *args], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "melo_cli.cli", "-q", *args], env=env, capture_output=True, text=True,
+                          cwd=checkout)  # `python -m` puts the working directory first on sys.path
     if done.returncode != 0:
         raise SystemExit(f"{checkout}: melo {' '.join(args[:2])} failed: {done.stderr[-1500:]}")
     return time.perf_counter() - started, done.stdout

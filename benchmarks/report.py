@@ -8,17 +8,21 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["editing-n100", "editing-n1000", "keys-latest", "overhead-n1000", "router-latest", "startup-idle",
+ORDER = ["editing-smollm2-counterfact-n100", "editing-smollm2-counterfact-n1000", "editing-smollm2-zsre-n100",
+         "editing-gemma3-270m-counterfact-n100", "cost-smollm2-counterfact-n100", "evaltime-smollm2-n100",
+         "editing-n100", "editing-n1000", "keys-latest", "overhead-n1000", "router-latest", "startup-idle",
          "startup-busy2"]
 TITLES = {"editing": "Editing: melo vs a GRACE-style codebook vs plain LoRA fine-tuning",
           "keys": "Keys: which router key generalises (router level)",
           "overhead": "Overhead: generate and eval latency with a 1,000-edit bundle",
           "router": "Router: hnswlib vs brute-force search",
-          "startup": "Start-up and threads: what a user waits for"}
+          "startup": "Start-up and threads: what a user waits for",
+          "cost": "Cost per edit: training above the frozen layers vs full passes vs the reference regime",
+          "evaltime": "melo eval wall time, before and after"}
 
 INTRO = """# melo benchmarks
 
-Five benchmarks, each a script that runs from a clean checkout (after the README's install) and
+Seven benchmarks, each a script that runs from a clean checkout (after the README's install) and
 writes `results/NAME-TAG.json` (everything measured) and `results/NAME-TAG.md` (the table below).
 This page is rebuilt from those files by `python benchmarks/report.py`; every table carries the date,
 machine, commit and exact command of its run. A smoke test runs each script at tiny sizes in the
@@ -26,14 +30,18 @@ default test run (tests/test_benchmarks_smoke.py); the real runs stay outside CI
 
 | script | what it measures | command |
 | --- | --- | --- |
-| `editing.py` | sequential editing of N CounterFact records on the tiny Llama: melo (defaults), melo-encoder (MiniLM keys, voronoi, margin 0.2, negatives), a GRACE-style codebook and plain LoRA fine-tuning; ES, generality, locality (teacher-forced and generate), seconds and steps, parameters and bytes per edit | `python benchmarks/editing.py [--n 1000]` |
+| `editing.py` | sequential editing of N CounterFact or zsRE records on SmolLM2-135M, Gemma-3-270m or the tiny Llama: melo (defaults), melo-paper (the MELO paper's layout), a GRACE-style codebook and plain LoRA fine-tuning; ES, generality, locality (teacher-forced and generate), seconds and steps, parameters and bytes per edit | `python benchmarks/editing.py --model smollm2 [--n 1000] [--dataset zsre]` |
+| `cost.py` | seconds per edit: melo (frozen prefix replayed) vs the same with full passes vs the reference code's 50 full passes per batch, with the ES/generality/locality each reaches | `python benchmarks/cost.py --model smollm2` |
+| `evaltime.py` | `melo eval` wall time of this checkout vs an earlier one (100 edits + 100 paraphrases + 100 unrelated) | `python benchmarks/evaltime.py --before CHECKOUT` |
 | `keys.py` | router-level generality and locality for every key source, pooling, metric, radius rule, margin and negatives setting, CounterFact and zsRE, T=100 and 1000 | `python benchmarks/keys.py` |
 | `overhead.py` | latency of generate and teacher-forced eval with a 1,000-edit bundle vs the bare model, interleaved | `python benchmarks/overhead.py` |
 | `router.py` | hnswlib lookup latency and recall@1 vs exact brute force at 1k-100k clusters, dims 384 and 4096 | `python benchmarks/router.py [--max-cells 5e8]` |
 | `startup.py` | wall time of `--help`, `inspect`, a one-prompt `generate` and the quick-start `edit` as fresh processes; melo's thread choice vs torch's default, idle and beside CPU-bound processes | `python benchmarks/startup.py [--busy 2]` |
 
 All take `--device` (`cuda` for GPU figures where one is present) and `--out DIR`.
-Data: ../shared/data (CounterFact, zsRE as published; `MELO_SHARED` overrides the path).
+Data: ../shared/data (CounterFact, zsRE as published; `MELO_SHARED` overrides the path). Real models:
+`benchmarks/models.py` (SmolLM2-135M-Instruct and Gemma-3-270m GGUFs from PyPI wheels). Timed runs pin
+torch to one thread unless they say otherwise.
 """
 
 
