@@ -162,8 +162,8 @@ def _compact_blocks(router: Router, touched: list[int], first: int) -> int:
 
 
 def _training_rows(router: Router, touched: list[int], first: int, edits: list[Edit], superseded: dict[int, int],
-                   contexts: int) -> list[tuple[int | None, object, str, int]]:
-    """(edit number or None, edit or context text, target, block) for every row a batch trains.
+                   contexts: int) -> list[tuple[int | None, str, str, int]]:
+    """(edit number or None for a context, input, target, block) for every row a batch trains.
 
     Every live member of a cluster that now uses a new block is trained into it (members of earlier
     batches too: their cluster moved to the new block); with per-edit blocks each block also learns
@@ -177,7 +177,7 @@ def _training_rows(router: Router, touched: list[int], first: int, edits: list[E
         for number in (int(m) for m in router.members_of(cluster)):
             if number not in superseded and number not in seen:
                 seen.add(number)
-                rows.append((number, edits[number], edits[number].target, block))
+                rows.append((number, edits[number].input, edits[number].target, block))
         rows += [(None, context, router.labels[cluster], block) for context in CONTEXTS[:contexts]]
     return rows
 
@@ -221,9 +221,8 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
             touched.append(result.cluster)
         count = _compact_blocks(router, touched, first)
         rows = _training_rows(router, touched, first, all_edits, superseded, edited.config.contexts if per_edit else 0)
-        steps, loss, hits = (train_blocks(edited, first, count, [r[1].input if r[0] is not None else r[1] for r in rows],
-                                          [r[2] for r in rows], [r[3] for r in rows], generator, split)
-                             if rows else (0, 0.0, []))
+        steps, loss, hits = (train_blocks(edited, first, count, [r[1] for r in rows], [r[2] for r in rows],
+                                          [r[3] for r in rows], generator, split) if rows else (0, 0.0, []))
         edit_rows = [(r[0], hit) for r, hit in zip(rows, hits) if r[0] is not None]
         batch_numbers = {offset + p for p in group}
         report = BatchReport(batch_number, first, len(group), sum(n not in batch_numbers for n, _ in edit_rows),
