@@ -90,7 +90,7 @@ def _check_options(opts: EditOptions) -> None:
         raise InputError("--key-source encoder goes with --key-encoder PATH_OR_ID (and only with it)")
     if opts.radius_policy is not None and opts.radius_policy not in POLICIES:
         raise InputError(f"--radius-policy {opts.radius_policy!r}: choose one of {', '.join(POLICIES)}")
-    if opts.margin is not None and not opts.margin >= 0:
+    if opts.margin is not None and not (math.isfinite(opts.margin) and opts.margin >= 0):
         raise InputError(f"--margin {opts.margin}: expected a finite number >= 0")
     if opts.eval_every < 0:
         raise InputError("--eval-every must be 0 (off) or a number of batches")
@@ -102,8 +102,6 @@ def _check_options(opts: EditOptions) -> None:
         raise InputError(f"--lr {opts.lr}: expected a finite number > 0")
     if not math.isfinite(opts.loss_threshold) or opts.loss_threshold <= 0:
         raise InputError(f"--loss-threshold {opts.loss_threshold}: expected a finite number > 0")
-    if opts.margin is not None and not math.isfinite(opts.margin):
-        raise InputError(f"--margin {opts.margin}: expected a finite number >= 0")
     if opts.init_radius != "auto":
         try:
             if not math.isfinite(float(opts.init_radius)) or float(opts.init_radius) <= 0:
