@@ -391,7 +391,10 @@ def main() -> None:
                          "steps_per_batch_max": int(max(steps)), "trainable_params_per_edit": per_edit_params,
                          "saved_bytes_per_edit": ed.saved_bytes() / args.n, "curve": curve}
         del ed
+        write_results(args, env, results)  # after every editor: a long run interrupted keeps what it measured
 
+
+def write_results(args, env: dict, results: dict) -> None:
     headers = ["editor", "ES tf", "ES gen", "gen tf", "gen gen", "loc tf", "loc gen", "s/edit", "steps/batch",
                "params/edit", "bytes/edit"]
     rows = [[name, r["es_tf"], r["es_gen"], r["gen_tf"], r["gen_gen"], r["loc_tf"], r["loc_gen"], r["seconds_per_edit"],
