@@ -146,9 +146,8 @@ def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "au
     """Load model and tokenizer with from_pretrained (a local folder or a hub id) for `task`."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-    quiet_transformers()
     given = source
-    source, gguf_record = readable_source(source, trust_remote_code)
+    source, gguf_record = readable_source(source, trust_remote_code)  # also quiets transformers
     config = load_config(source, trust_remote_code)
     task = task_for(config, task)
     auto = {"causal-lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
