@@ -39,8 +39,18 @@ def _reflow(text: str) -> str:
     return "\n\n".join(p if p.startswith("  ") else " ".join(p.split("\n")) for p in paragraphs)
 
 
-class MeloCommand(TyperCommand):
-    """Usage lines as people write them (`PROMPTS...`, not typer's `{prompts}...`); no <bool> on --help."""
+class _PlainHelpOption:
+    """No <bool> after --help (typer shows every option's type)."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class MeloCommand(_PlainHelpOption, TyperCommand):
+    """Usage lines as people write them (`PROMPTS...`, not typer's `{prompts}...`)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -50,19 +60,9 @@ class MeloCommand(TyperCommand):
     def collect_usage_pieces(self, ctx) -> list[str]:
         return [piece.replace("{", "").replace("}", "") for piece in super().collect_usage_pieces(ctx)]
 
-    def get_help_option(self, ctx):
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""
-        return option
 
-
-class MeloGroup(TyperGroup):
-    def get_help_option(self, ctx):
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""
-        return option
+class MeloGroup(_PlainHelpOption, TyperGroup):
+    pass
 
 
 app = typer.Typer(
