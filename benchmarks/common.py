@@ -28,7 +28,8 @@ def counterfact(n: int, offset: int = 0) -> list[dict]:
     data = json.loads((shared_dir() / "data" / "counterfact-edit.json").read_text(encoding="utf-8"))
     return [{"id": f"cf-{r['case_id']}", "input": r["prompt"], "target": r["target_new"],
              "rephrases": [r["rephrase_prompt"]], "locality": r["locality_prompt"],
-             "locality_target": r["locality_ground_truth"], "subject": r["subject"]} for r in data[offset:offset + n]]
+             "locality_target": r["locality_ground_truth"], "subject": r["subject"], "ground_truth": r["ground_truth"]}
+            for r in data[offset:offset + n]]
 
 
 def zsre(n: int, offset: int = 0) -> list[dict]:
@@ -36,6 +37,25 @@ def zsre(n: int, offset: int = 0) -> list[dict]:
     return [{"id": f"zsre-{i}", "input": r["src"], "target": r["alt"], "rephrases": [r["rephrase"]],
              "locality": r["loc"], "locality_target": r["loc_ans"], "subject": r["subject"]}
             for i, r in enumerate(data[offset:offset + n], offset)]
+
+
+def restating(records: list[dict]) -> list[bool]:
+    """For each record: does its locality prompt restate an edit of the set rather than ask about
+    something unrelated? It does when it is an edit's input or rephrase, or when it names an edited
+    subject (the subject gate's rule) and its expected answer is the very fact that edit replaces
+    ("Windows 98, a product of" -> Microsoft beside the edit "Windows 98 was a product of" Microsoft
+    -> IBM). No editor that generalises can keep such a prompt's old answer; CounterFact at T=1000
+    has 11 of them (benchmarks/NOTES.md)."""
+    from melo_cli.edits import normalise_input
+    from melo_cli.subjects import gate_name, names
+
+    asked = {normalise_input(t) for r in records for t in [r["input"], *r["rephrases"]]}
+    edited = [(gate_name(r["input"], r["subject"]), str(r.get("ground_truth", "")).strip().casefold())
+              for r in records if r.get("subject")]
+    return [normalise_input(r["locality"]) in asked
+            or any(truth and r["locality_target"].strip().casefold() == truth and names(r["locality"], name)
+                   for name, truth in edited)
+            for r in records]
 
 
 def model_path(name: str) -> str:

@@ -323,12 +323,15 @@ def score(ed, records, base, full: bool) -> dict:
     es, _ = tf_hits_and_argmax(ed, ins, tgt)
     gen, _ = tf_hits_and_argmax(ed, reph, tgt)
     _, loc_am = tf_hits_and_argmax(ed, loc, loc_t)
-    out = {"es_tf": float(np.mean(es)), "gen_tf": float(np.mean(gen)),
-           "loc_tf": float(np.mean([a == b for a, b in zip(loc_am, base["loc_argmax"])]))}
+    unrelated = ~np.array(common.restating(records), bool)
+    kept_tf = np.array([a == b for a, b in zip(loc_am, base["loc_argmax"])], bool)
+    out = {"es_tf": float(np.mean(es)), "gen_tf": float(np.mean(gen)), "loc_tf": float(kept_tf.mean()),
+           "loc_tf_unrelated": float(kept_tf[unrelated].mean()), "restating": int((~unrelated).sum())}
     if full:
         out["es_gen"] = float(np.mean([produces(t, g) for t, g in zip(gen_texts(ed, ins, 0, tgt), tgt)]))
         out["gen_gen"] = float(np.mean([produces(t, g) for t, g in zip(gen_texts(ed, reph, 0, tgt), tgt)]))
-        out["loc_gen"] = float(np.mean([a == b for a, b in zip(gen_texts(ed, loc, 8), base["loc_text"])]))
+        kept = np.array([a == b for a, b in zip(gen_texts(ed, loc, 8), base["loc_text"])], bool)
+        out["loc_gen"], out["loc_gen_unrelated"] = float(kept.mean()), float(kept[unrelated].mean())
     return out
 
 
@@ -395,15 +398,18 @@ def main() -> None:
 
 
 def write_results(args, env: dict, results: dict) -> None:
-    headers = ["editor", "ES tf", "ES gen", "gen tf", "gen gen", "loc tf", "loc gen", "s/edit", "steps/batch",
-               "params/edit", "bytes/edit"]
-    rows = [[name, r["es_tf"], r["es_gen"], r["gen_tf"], r["gen_gen"], r["loc_tf"], r["loc_gen"], r["seconds_per_edit"],
+    headers = ["editor", "ES tf", "ES gen", "gen tf", "gen gen", "loc tf", "loc gen", "loc gen, unrelated", "s/edit",
+               "steps/batch", "params/edit", "bytes/edit"]
+    rows = [[name, r["es_tf"], r["es_gen"], r["gen_tf"], r["gen_gen"], r["loc_tf"], r["loc_gen"], r["loc_gen_unrelated"],
+             r["seconds_per_edit"],
              r["steps_per_batch_mean"], r["trainable_params_per_edit"], r["saved_bytes_per_edit"]]
             for name, r in results.items()]
     curve_rows = [[name, p["edits"], p["es_tf"], p["gen_tf"], p["loc_tf"]] for name, r in results.items() for p in r["curve"]]
     markdown = (f"Sequential editing, {args.dataset} N={args.n}, batches of {args.batch_size}, {args.model}, "
                 f"{args.threads} torch thread(s).\n\n"
-                + common.table(headers, rows) + "\n\nRetention over time (teacher-forced, on all edits so far):\n\n"
+                + common.table(headers, rows)
+                + f"\n\n'loc gen, unrelated': locality over the prompts that do not restate an edit of the set "
+                f"({next(iter(results.values()))['restating']} of {args.n} do; common.restating).\n\nRetention over time (teacher-forced, on all edits so far):\n\n"
                 + common.table(["editor", "edits", "ES tf", "gen tf", "loc tf"], curve_rows))
     tag = args.tag or f"{args.model}-{args.dataset}-n{args.n}"
     common.write("editing", tag, env, {"model": args.model, "dataset": args.dataset, "n": args.n,

@@ -20,6 +20,7 @@ from . import prefix, tasks
 from .edited import EditedModel
 from .edits import Edit, normalise_input
 from .router import Router, auto_radius
+from .subjects import gate_name
 
 
 @dataclass
@@ -214,8 +215,9 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
             old = live_by_input.get(normalise_input(new[position].input))
             if old is not None and all_edits[old].target != new[position].target and router.retire_edit(old):
                 superseded[old] = number
+            subject = new[position].subject
             result = router.add(keys[position], new[position].target, first + j if per_edit else first, number,
-                                new[position].subject)
+                                subject and gate_name(new[position].input, subject))
             superseded.update({gone: number for gone in result.superseded})
             rules[result.rule] += 1
             touched.append(result.cluster)

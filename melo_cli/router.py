@@ -17,9 +17,8 @@ cluster left with no member is retired: removed from the search, its block kept 
 
 Subject gate: an edit may name its subject (the entity it is about, as CounterFact, zsRE and
 EasyEdit data do). A cluster whose members name subjects is a candidate for an input only if the
-input contains every word of one of those subjects; the nearest candidate then decides as above.
-Paraphrases of an edit mention its subject; the inputs most likely to be routed wrongly (the same
-relation about another entity: "BBC One, by" vs "BBC Radio, by") do not.
+input names one of those subjects as a whole (melo_cli/subjects.py); the nearest candidate then
+decides as above.
 
 The centres live in an hnswlib index; everything else is in plain arrays saved with safetensors.
 """
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import hnswlib
 import numpy as np
+
+from .subjects import passes
 
 NO_BLOCK = -1
 """The block id of a row that runs the base model alone."""
@@ -299,9 +300,8 @@ class Router:
         subjects = self._cluster_subjects() if gated else {}
         routes = []
         for row in range(len(clusters)):
-            words = text_words(texts[row]) if gated else set()
             found = [(int(c), float(d)) for c, d in zip(clusters[row], dists[row])
-                     if not gated or _passes(subjects.get(int(c)), words)]
+                     if not gated or passes(subjects.get(int(c)), texts[row])]
             if not found:
                 routes.append(Route(None, None, NO_BLOCK))
                 continue
@@ -313,12 +313,12 @@ class Router:
             routes.append(Route(c, d, int(self.blocks[c]) if inside else NO_BLOCK))
         return routes
 
-    def _cluster_subjects(self) -> dict[int, list[frozenset[str]]]:
-        """Per cluster, the word sets of its live members' subjects (clusters without any: absent)."""
+    def _cluster_subjects(self) -> dict[int, list[str]]:
+        """Per cluster, its live members' subjects (clusters without any: absent)."""
         out: dict[int, list[frozenset[str]]] = {}
         for cluster, subject in zip(self.member_cluster, self.member_subjects):
             if cluster >= 0 and subject:
-                out.setdefault(int(cluster), []).append(frozenset(text_words(subject)))
+                out.setdefault(int(cluster), []).append(subject)
         return out
 
     def members_of(self, cluster: int) -> np.ndarray:
@@ -364,16 +364,6 @@ class Router:
         index.set_num_threads(1)
         router.index = index
         return router
-
-
-def text_words(text: str) -> set[str]:
-    """The words of a text as the subject gate compares them: lower case, letters and digits."""
-    return set(re.findall(r"\w+", text.casefold()))
-
-
-def _passes(subjects: list[frozenset[str]] | None, words: set[str]) -> bool:
-    """A cluster without subjects is always a candidate; else one of its subjects must be in the text."""
-    return subjects is None or any(subject <= words for subject in subjects)
 
 
 def _mean_direction(keys: np.ndarray) -> np.ndarray:
