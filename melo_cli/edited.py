@@ -7,7 +7,7 @@ block, and the BlockLoRA layers read that decision from the model's own `Routes`
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import tasks
+from . import prefix, tasks
 from .backbones import Backbone
 from .config import MeloConfig
 from .keys import SentenceEncoder, hidden_of, pool
 from .lora import BlockLoRA
+from .prefix import FrozenPrefix
 from .router import Route, Router
 from .routes import NO_BLOCK, Routes
 
@@ -30,6 +31,18 @@ class _KeysTaken(Exception):
     def __init__(self, keys: torch.Tensor):
         super().__init__("keys taken")
         self.keys = keys
+
+
+@dataclass
+class TargetScores:
+    """Teacher-forced scores per row: summed NLL of the target, its token count, whether every target
+    token is the argmax, the route taken, and (if asked) the base model's NLL."""
+
+    nll: torch.Tensor
+    tokens: torch.Tensor
+    hits: torch.Tensor
+    routes: list[Route]
+    base_nll: torch.Tensor | None = None
 
 
 @dataclass
@@ -132,6 +145,50 @@ class EditedModel:
             with self.routed(enc.key_mask, inputs) as found:
                 logits = self._forward(enc.inputs).logits
         return enc, logits, found
+
+    @torch.no_grad()
+    def target_scores(self, inputs: list[str], targets: list[str], route: bool = True,
+                      base: FrozenPrefix | None = None) -> TargetScores:
+        """Teacher-forced scores of each row's target, routed by its key (or the bare base model).
+
+        Logits are computed only where a target is scored (tasks.narrowed) when the model allows it:
+        for a small LM the head costs more than several blocks. With `base` (the frozen prefix below
+        the LoRA layers) the base model's NLL comes too, from the blocks above the prefix only."""
+        backbone = self.backbone
+        enc = tasks.encode(backbone, inputs, targets).to(backbone.device)
+        kwargs, scored, aligned = tasks.narrowed(backbone, enc)
+        rows = tasks.rows_of(enc) if aligned else None
+        scope = self.routed(enc.key_mask, inputs) if route else _no_routes(len(inputs))
+        with scope as found, (base.capturing() if base is not None else nullcontext()):
+            logits = self._forward(kwargs).logits
+        nll, counts, hits = self._nll(logits, scored, aligned, rows, len(inputs))
+        base_nll = None
+        if base is not None:
+            base_nll = self._nll(prefix.replayed(base, lambda: self._forward(kwargs).logits), scored, aligned, rows,
+                                 len(inputs))[0]
+        return TargetScores(nll, counts, hits, list(found), base_nll)
+
+    def _nll(self, logits, scored, aligned, rows, n) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loss, hits = tasks.score(self.backbone, logits, scored, aligned, rows)
+        if aligned:
+            counts = torch.bincount(rows, minlength=n).to(loss.dtype)
+            return (loss * counts).cpu(), counts.cpu(), hits.cpu()
+        if self.backbone.task == "classification":
+            return loss.cpu(), torch.ones_like(loss).cpu(), hits.cpu()
+        nll, counts = tasks.token_nll(self.backbone, logits, scored)
+        return nll.cpu(), counts.cpu(), hits.cpu()
+
+    def frozen_prefix(self) -> FrozenPrefix | None:
+        """The blocks below every LoRA layer, replayable (see melo_cli/prefix.py), or None."""
+        return prefix.frozen_prefix(self.backbone.model, self.config.lora_layers)
+
+    @torch.no_grad()
+    def route(self, texts: list[str], batch_size: int = 32) -> list[Route]:
+        """Where each input would go, without running the model past the key layer."""
+        if self.router is None or len(self.router) == 0:
+            return [Route(None, None, NO_BLOCK) for _ in texts]
+        keys = self.keys(texts, batch_size)
+        return self.router.route(keys, texts) if len(texts) else []
 
     @torch.no_grad()
     def predict(self, inputs: list[str], max_new_tokens: int = 20, route: bool = True) -> list[Prediction]:

@@ -11,7 +11,7 @@ the same model run with no route (so no second copy of the weights is loaded).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -19,6 +19,7 @@ import torch
 from . import tasks
 from .edited import EditedModel
 from .edits import Edit, Holdout
+from .prefix import FrozenPrefix
 from .router import NO_BLOCK, Route
 
 MODES = ("teacher-forced", "generate")
@@ -37,16 +38,25 @@ def produces(text: str, target: str) -> bool:
 
 @dataclass
 class Outcome:
-    """Per input: does the model produce the target, which route it took, and its raw output."""
+    """Per input: does the model produce the target, which route it took, and its raw output (None
+    where the metric did not need it); teacher-forced: the target's summed NLL and token count."""
 
     hit: bool
     route: Route
     output: object
+    nll: float | None = None
+    tokens: int = 0
+    base_nll: float | None = None
 
 
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def _by_length(texts: list[str]) -> list[int]:
+    """Indices in order of length, so that a batch pads little (results go back in input order)."""
+    return sorted(range(len(texts)), key=lambda i: len(texts[i]))
 
 
 def _target_tokens(edited: EditedModel, target: str) -> int:
@@ -55,39 +65,79 @@ def _target_tokens(edited: EditedModel, target: str) -> int:
 
 
 def teacher_forced(edited: EditedModel, inputs: list[str], targets: list[str], route: bool, batch_size: int,
-                   advance: Callable[[int], None] = lambda n: None) -> list[Outcome]:
-    out = []
-    for chunk in _chunks(list(zip(inputs, targets)), batch_size):
-        enc, logits, routes = edited.teacher_forced([c[0] for c in chunk], [c[1] for c in chunk], route=route)
-        _, hits = tasks.score(edited.backbone, logits, enc.targets)
-        predictions = logits.argmax(-1)
-        if edited.backbone.task == "causal-lm":
-            predictions = torch.where(enc.inputs["attention_mask"].bool(), predictions, -1)
-        out += [Outcome(bool(h), r, predictions[i].tolist()) for i, (h, r) in enumerate(zip(hits, routes))]
+                   advance: Callable[[int], None] = lambda n: None, outputs: bool = False,
+                   base: FrozenPrefix | None = None) -> list[Outcome]:
+    """Teacher-forced hits and NLL (and the base model's NLL, given the frozen prefix); with
+    `outputs`, the argmax at every position instead (what locality compares: full logits)."""
+    out: list[Outcome | None] = [None] * len(inputs)
+    for chunk in _chunks(_by_length(inputs), batch_size):
+        texts, goals = [inputs[i] for i in chunk], [targets[i] for i in chunk]
+        if outputs:
+            enc, logits, routes = edited.teacher_forced(texts, goals, route=route)
+            _, hits = tasks.score(edited.backbone, logits, enc.targets)
+            predictions = logits.argmax(-1)
+            if edited.backbone.task == "causal-lm":
+                predictions = torch.where(enc.inputs["attention_mask"].bool(), predictions, -1)
+            for j, i in enumerate(chunk):
+                output = predictions[j].tolist()  # a label id, or token ids without the padding
+                out[i] = Outcome(bool(hits[j]), routes[j], [t for t in output if t != -1] if isinstance(output, list)
+                                 else output)
+        else:
+            scores = edited.target_scores(texts, goals, route=route, base=base)
+            for j, i in enumerate(chunk):
+                out[i] = Outcome(bool(scores.hits[j]), scores.routes[j], None, float(scores.nll[j]),
+                                 int(scores.tokens[j]), None if scores.base_nll is None else float(scores.base_nll[j]))
         advance(len(chunk))
     return out
 
 
 def generated(edited: EditedModel, inputs: list[str], targets: list[str | None], route: bool, batch_size: int,
-              advance: Callable[[int], None] = lambda n: None, default_tokens: int = 10) -> list[Outcome]:
-    out = []
-    for chunk in _chunks(list(zip(inputs, targets)), batch_size):
-        lengths = [_target_tokens(edited, t) + 1 if t else default_tokens for _, t in chunk]
-        preds = edited.predict([c[0] for c in chunk], max_new_tokens=max(lengths), route=route)
-        for (_, target), pred in zip(chunk, preds):
+              advance: Callable[[int], None] = lambda n: None, default_tokens: int = 10,
+              decided: dict[int, Outcome] | None = None) -> list[Outcome]:
+    """Greedy continuations (or labels) and whether each starts with its target; rows in `decided`
+    are taken as given."""
+    out: list[Outcome | None] = [None] * len(inputs)
+    decided = decided or {}
+    for i, outcome in decided.items():
+        out[i] = outcome
+    todo = [i for i in _by_length(inputs) if i not in decided]
+    lengths = {i: _target_tokens(edited, targets[i]) + 1 if targets[i] else default_tokens for i in todo}
+    todo.sort(key=lambda i: lengths[i])  # stable: by target length, then input length
+    for chunk in _chunks(todo, batch_size):
+        preds = edited.predict([inputs[i] for i in chunk], max_new_tokens=max(lengths[i] for i in chunk), route=route)
+        for i, pred in zip(chunk, preds):
             output = pred.label if pred.label is not None else pred.text
+            target = targets[i]
             hit = (output == target) if pred.label is not None else bool(target) and produces(output, target)
-            out.append(Outcome(hit, pred.route, output))
+            out[i] = Outcome(hit, pred.route, output)
         advance(len(chunk))
     return out
 
 
+def _scored(edited, mode, inputs, targets, route, batch_size, advance, base=None) -> list[Outcome]:
+    """Edit success and generality: does the model produce each target?
+
+    Generate mode on a causal LM checks teacher-forced first: greedy decoding emits exactly the
+    target's tokens when each is the argmax after the prompt and the target's earlier tokens, which
+    one forward pass shows; only the rows where that fails are decoded (another tokenisation of the
+    target may still be produced). Those rows keep their NLL for perplexity."""
+    if mode == "generate" and edited.backbone.task != "causal-lm":
+        return generated(edited, inputs, targets, route, batch_size, advance)
+    forced = teacher_forced(edited, inputs, targets, route, batch_size,
+                            advance if mode == "teacher-forced" else lambda n: None, base=base)
+    if mode == "teacher-forced":
+        return forced
+    hits = {i: replace(o, output=targets[i]) for i, o in enumerate(forced) if o.hit}
+    advance(len(hits))
+    out = generated(edited, inputs, targets, route, batch_size, advance, decided=hits)
+    return [replace(f, hit=o.hit, route=o.route, output=o.output) for o, f in zip(out, forced)]
+
+
 def _run(edited, mode, inputs, targets, route, batch_size, advance) -> list[Outcome]:
-    if mode == "teacher-forced" and all(t is not None for t in targets):
-        return teacher_forced(edited, inputs, targets, route, batch_size, advance)
-    if mode == "teacher-forced":  # holdout without targets: compare the argmax on the input itself
-        placeholder = [t if t is not None else _placeholder(edited) for t in targets]
-        return teacher_forced(edited, inputs, placeholder, route, batch_size, advance)
+    """Locality's runs: outputs to compare (every position's argmax, or the greedy text)."""
+    if mode == "teacher-forced":
+        goals = [t if t is not None else _placeholder(edited) for t in targets]
+        return teacher_forced(edited, inputs, goals, route, batch_size, advance, outputs=True)
     return generated(edited, inputs, targets, route, batch_size, advance)
 
 
@@ -104,19 +154,26 @@ def _share(values: list[bool]) -> float | None:
 def success(edited: EditedModel, edits: list[Edit], mode: str = "teacher-forced", batch_size: int = 32,
             advance: Callable[[int], None] = lambda n: None) -> float | None:
     """Share of edits whose target the edited model produces (None for no edits)."""
-    outcomes = _run(edited, mode, [e.input for e in edits], [e.target for e in edits], True, batch_size, advance)
+    outcomes = _scored(edited, mode, [e.input for e in edits], [e.target for e in edits], True, batch_size, advance)
     return _share([o.hit for o in outcomes])
 
 
 def locality(edited: EditedModel, holdout: list[Holdout], mode: str = "teacher-forced", batch_size: int = 32,
              advance: Callable[[int], None] = lambda n: None) -> tuple[float | None, list[Outcome], list[Outcome]]:
-    """Share of holdout inputs whose output is the base model's; with the outcomes after and before."""
+    """Share of holdout inputs whose output is the base model's; with the outcomes after and before.
+
+    A row routed to no block runs the base model itself (bit for bit, by construction), so only the
+    routed rows are run, with and without their block; the others are run once, and only when their
+    targets are given (for holdout accuracy). Unrun rows have output None on both sides."""
     inputs, targets = [h.input for h in holdout], [h.target for h in holdout]
-    after = _run(edited, mode, inputs, targets, True, batch_size, advance)
-    # a row routed to no block ran the base model itself (bit for bit, by construction): only the
-    # routed rows need a second, unrouted run
-    routed = [i for i, outcome in enumerate(after) if outcome.route.routed]
-    advance(len(after) - len(routed))
+    routes = edited.route(inputs, batch_size)
+    routed = [i for i, r in enumerate(routes) if r.routed]
+    needed = list(range(len(inputs))) if all(t is not None for t in targets) else routed
+    ran = _run(edited, mode, [inputs[i] for i in needed], [targets[i] for i in needed], True, batch_size, advance)
+    after = [Outcome(False, r, None) for r in routes]
+    for i, outcome in zip(needed, ran):
+        after[i] = outcome
+    advance(2 * len(inputs) - len(needed) - len(routed))
     again = _run(edited, mode, [inputs[i] for i in routed], [targets[i] for i in routed], False, batch_size, advance)
     before = [Outcome(a.hit, Route(None, None, NO_BLOCK), a.output) for a in after]
     for i, outcome in zip(routed, again):
@@ -124,19 +181,23 @@ def locality(edited: EditedModel, holdout: list[Holdout], mode: str = "teacher-f
     return _share([a.output == b.output for a, b in zip(after, before)]), after, before
 
 
-def perplexity(edited: EditedModel, inputs: list[str], targets: list[str], batch_size: int) -> dict | None:
-    """exp(mean NLL per target token) under the base and the edited model (causal LMs only)."""
-    if edited.backbone.task != "causal-lm" or not inputs:
+def perplexity(edited: EditedModel, edits: list[Edit], outcomes: list[Outcome], batch_size: int) -> dict | None:
+    """exp(mean NLL per target token) under the base and the edited model (causal LMs only), from
+    the routed teacher-forced outcomes of the edits; their base NLL came with them (replayed prefix),
+    or their routed rows are run again unrouted."""
+    if edited.backbone.task != "causal-lm" or not edits:
         return None
-    result = {}
-    for name, route in (("base", False), ("edited", True)):
-        nll, count = 0.0, 0
-        for chunk in _chunks(list(zip(inputs, targets)), batch_size):
-            enc, logits, _ = edited.teacher_forced([c[0] for c in chunk], [c[1] for c in chunk], route=route)
-            total, n = tasks.token_nll(edited.backbone, logits, enc.targets)
-            nll, count = nll + float(total.sum()), count + int(n.sum())
-        result[name] = round(math.exp(nll / max(count, 1)), 6)
-    return result
+    if any(o.nll is None for o in outcomes):
+        outcomes = teacher_forced(edited, [e.input for e in edits], [e.target for e in edits], True, batch_size)
+    base = [o.base_nll if o.base_nll is not None else o.nll for o in outcomes]
+    routed = [i for i, o in enumerate(outcomes) if o.route.routed and o.base_nll is None]
+    again = teacher_forced(edited, [edits[i].input for i in routed], [edits[i].target for i in routed], False,
+                           batch_size)
+    for i, outcome in zip(routed, again):
+        base[i] = outcome.nll
+    tokens = max(sum(o.tokens for o in outcomes), 1)
+    return {"base": round(math.exp(sum(base) / tokens), 6),
+            "edited": round(math.exp(sum(o.nll for o in outcomes) / tokens), 6)}
 
 
 def right_block(edited: EditedModel, edit: Edit, route: Route, numbers: dict[tuple[str, str], int]) -> bool:
@@ -173,9 +234,13 @@ def evaluate(edited: EditedModel, edits: list[Edit], holdout: list[Holdout], mod
     rephrased = [(r, e) for e in edits for r in e.rephrases]
     per_mode: dict[str, dict] = {}
     routing = None
+    es_outcomes: list[Outcome] = []
     for mode in modes:
-        es = _run(edited, mode, [e.input for e in edits], [e.target for e in edits], True, batch_size, advance)
-        gen = _run(edited, mode, [r for r, _ in rephrased], [e.target for _, e in rephrased], True, batch_size, advance)
+        es = _scored(edited, mode, [e.input for e in edits], [e.target for e in edits], True, batch_size, advance,
+                     base=None if es_outcomes else edited.frozen_prefix())
+        gen = _scored(edited, mode, [r for r, _ in rephrased], [e.target for _, e in rephrased], True, batch_size,
+                      advance)
+        es_outcomes = es_outcomes or es
         metrics = {"edit_success": _share([o.hit for o in es]), "generality": _share([o.hit for o in gen])}
         if holdout:
             metrics["locality"], after, before = locality(edited, holdout, mode, batch_size, advance)
@@ -201,7 +266,7 @@ def evaluate(edited: EditedModel, edits: list[Edit], holdout: list[Holdout], mod
     for key in ("edit_success", "generality", "locality", "holdout_accuracy"):
         values = {mode: per_mode[mode][key] for mode in modes}
         result[key] = next(iter(values.values())) if len(modes) == 1 else values
-    result["perplexity"] = perplexity(edited, [e.input for e in edits], [e.target for e in edits], batch_size)
+    result["perplexity"] = perplexity(edited, edits, es_outcomes, batch_size)
     router = edited.router
     result.update(n_edits=len(edits), n_clusters=len(router) if router is not None else 0,
                   n_blocks=edited.n_blocks, mode=modes[0] if len(modes) == 1 else "both", routing=routing)

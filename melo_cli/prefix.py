@@ -121,6 +121,17 @@ def train_steps(prefix: FrozenPrefix | None, forward: Callable[[], torch.Tensor]
     return step
 
 
+def replayed(prefix: FrozenPrefix, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """forward() over the prefix captured by an earlier pass (eval: the unrouted run after the routed
+    one). Until trusted, a full pass is run as well and must agree bit for bit, as in training."""
+    if prefix.trusted is None:
+        return _checked(prefix, forward, forward())
+    if prefix.trusted:
+        with prefix.replaying():
+            return forward()
+    return forward()
+
+
 def _checked(prefix: FrozenPrefix, forward: Callable[[], torch.Tensor], reference: torch.Tensor) -> torch.Tensor:
     try:
         with prefix.replaying():
