@@ -1,6 +1,7 @@
 """Latency of generate and eval with a bundle of N edits against the bare base model, on the same inputs.
 
     python benchmarks/overhead.py                  # a 1,000-edit bundle (CounterFact), 20 interleaved reps
+    python benchmarks/overhead.py --model smollm2 --bundle /tmp/smollm2-1000   # built once, then reused
 
 The bare model is a separately loaded Hugging Face model with no wrappers and no hooks, driven from
 text to text exactly as melo is (tokenize, forward or generate, decode). Each
@@ -24,8 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from melo_cli import backbones, tasks, workflow  # noqa: E402
-from helpers_io import write_jsonl  # noqa: E402
+from melo_cli import MeloModel, backbones, tasks  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -36,7 +36,10 @@ def timed(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="stories260K", help="stories260K, smollm2 or gemma3-270m")
     parser.add_argument("--n", type=int, default=1000, help="edits in the bundle")
+    parser.add_argument("--bundle", type=Path, default=None, help="keep the bundle here (reused if it exists)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (pinned for timing)")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=16)
@@ -45,16 +48,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     args = parser.parse_args()
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     env = common.environment(args.device)
+    env["threads"] = args.threads
+    model = common.model_path(args.model)
     records = common.counterfact(args.n)
+    build_seconds = None
     with tempfile.TemporaryDirectory() as tmp:
-        edits = write_jsonl(Path(tmp) / "edits.jsonl", [{"input": r["input"], "target": r["target"]} for r in records])
-        started = time.perf_counter()
-        workflow.run_edit(str(common.LLAMA), edits, Path(tmp) / "bundle", continue_from=None,
-                          opts=workflow.EditOptions(batch_size=10, device=args.device))
-        build_seconds = time.perf_counter() - started
-        _, edited = workflow.open_bundle(Path(tmp) / "bundle", device=args.device)
-    bare = backbones.load(str(common.LLAMA), device=args.device)
+        bundle = args.bundle or Path(tmp) / "bundle"
+        if not (bundle / "manifest.yaml").exists():
+            started = time.perf_counter()
+            fresh = MeloModel.from_pretrained(model, device=args.device)
+            fresh.edit([{k: r[k] for k in ("input", "target", "subject")} for r in records], batch_size=10)
+            fresh.save_pretrained(bundle)
+            build_seconds = time.perf_counter() - started
+            del fresh
+        edited = MeloModel.from_pretrained(bundle=bundle, device=args.device).edited
+    torch.set_num_threads(args.threads)
+    bare = backbones.load(model, device=args.device)
+    torch.set_num_threads(args.threads)
     sets = {"unrelated": [r["locality"] for r in common.counterfact(args.batch, offset=args.n)],
             "edited": [r["input"] for r in records[:args.batch]]}
     results = {}
@@ -94,12 +106,14 @@ def main() -> None:
     rows = [[name, kind, r[kind]["bare_ms"], r[kind]["bundle_ms"], r[kind]["ratio_median"],
              f"{r[kind]['ratio_p25']:.3f}-{r[kind]['ratio_p75']:.3f}", f"{r['routed_rows']}/{args.batch}"]
             for name, r in results.items() for kind in ("generate", "eval")]
-    markdown = (f"Bundle of {args.n} edits ({edited.n_blocks} blocks, {len(edited.router)} clusters; built in "
-                f"{build_seconds:.0f} s) vs the bare model, batches of {args.batch}, {args.new_tokens} new tokens, "
-                f"{args.reps} interleaved repetitions.\n\n"
+    built = f"built in {build_seconds:.0f} s" if build_seconds is not None else "built earlier"
+    markdown = (f"{args.model}: bundle of {args.n} edits ({edited.n_blocks} blocks, {len(edited.router)} clusters, "
+                f"{edited.config.key_source} keys; {built}) vs the bare model, batches of {args.batch}, "
+                f"{args.new_tokens} new tokens, {args.reps} interleaved repetitions, {args.threads} torch thread(s)."
+                "\n\n"
                 + common.table(["inputs", "call", "bare ms", "bundle ms", "ratio (median)", "ratio p25-p75", "routed"],
                                rows))
-    common.write("overhead", args.tag or f"n{args.n}", env, {"n": args.n, "results": results,
+    common.write("overhead", args.tag or (f"n{args.n}" if args.model == "stories260K" else f"{args.model}-n{args.n}"), env, {"n": args.n, "results": results,
                                                             "build_seconds": build_seconds}, markdown, args.out)
 
 

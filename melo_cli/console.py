@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from .errors import MeloError
+from .errors import MeloError, cli_text
 
 stderr = Console(stderr=True)
 stdout = Console()
@@ -49,7 +49,7 @@ def exits_cleanly(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except MeloError as exc:
-            raise fail(str(exc), exc.exit_code) from None
+            raise fail(cli_text(str(exc)), exc.exit_code) from None
         except BrokenPipeError:
             # the reader went away (`melo generate ... | head -1`): stop quietly, as `cat` does
             _silence_stdout()

@@ -6,7 +6,13 @@ problem and exits 1.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+
+def cli_text(message: str) -> str:
+    """A message as the CLI shows it: settings named in backticks (`max_steps`) become flags (--max-steps)."""
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
 class MeloError(Exception):

@@ -25,7 +25,6 @@ The centres live in an hnswlib index; everything else is in plain arrays saved w
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 

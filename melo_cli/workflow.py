@@ -6,18 +6,17 @@ cheap: validate input, then load the model, then train, then write atomically.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from . import backbones, bundle as bundle_io, editor
+from .api import MeloModel
 from .backbones import Backbone
 from .config import MeloConfig
 from .edited import EditedModel
@@ -74,40 +73,45 @@ class EditOptions:
     """Write the bundle even when some edits are not learned (else exit 4 and write nothing)."""
 
 
-def _check_options(opts: EditOptions) -> None:
+def check_options(opts: EditOptions) -> None:
+    """Every setting checked before anything loads; messages name the setting in backticks, which the
+    CLI shows as its --flag (errors.cli_text)."""
+    def bad(name: str, value, expected: str):
+        raise InputError(f"`{name}` {value!r}: {expected}")
+
     if opts.key_pooling not in POOLINGS:
-        raise InputError(f"--key-pooling {opts.key_pooling!r}: choose one of {', '.join(POOLINGS)}")
+        bad("key_pooling", opts.key_pooling, f"choose one of {', '.join(POOLINGS)}")
     if opts.metric is not None and opts.metric not in METRICS:
-        raise InputError(f"--metric {opts.metric!r}: choose one of {', '.join(METRICS)}")
+        bad("metric", opts.metric, f"choose one of {', '.join(METRICS)}")
     if opts.key_source not in ("auto", "base", "encoder"):
-        raise InputError(f"--key-source {opts.key_source!r}: choose auto, base or encoder")
+        bad("key_source", opts.key_source, "choose auto, base or encoder")
     if opts.block_per not in ("edit", "batch"):
-        raise InputError(f"--block-per {opts.block_per!r}: choose edit or batch")
-    if not 0 <= opts.contexts <= len(CONTEXTS):
-        raise InputError(f"--contexts {opts.contexts}: choose 0..{len(CONTEXTS)}")
+        bad("block_per", opts.block_per, "choose edit or batch")
+    if not isinstance(opts.contexts, int) or not 0 <= opts.contexts <= len(CONTEXTS):
+        bad("contexts", opts.contexts, f"choose 0..{len(CONTEXTS)}")
     if opts.key_source == "base" and opts.key_encoder is not None or \
             opts.key_source == "encoder" and opts.key_encoder is None:
-        raise InputError("--key-source encoder goes with --key-encoder PATH_OR_ID (and only with it)")
+        raise InputError("`key_source` encoder goes with `key_encoder` PATH_OR_ID (and only with it)")
     if opts.radius_policy is not None and opts.radius_policy not in POLICIES:
-        raise InputError(f"--radius-policy {opts.radius_policy!r}: choose one of {', '.join(POLICIES)}")
+        bad("radius_policy", opts.radius_policy, f"choose one of {', '.join(POLICIES)}")
     if opts.margin is not None and not (math.isfinite(opts.margin) and opts.margin >= 0):
-        raise InputError(f"--margin {opts.margin}: expected a finite number >= 0")
+        bad("margin", opts.margin, "expected a finite number >= 0")
     if opts.eval_every < 0:
-        raise InputError("--eval-every must be 0 (off) or a number of batches")
+        bad("eval_every", opts.eval_every, "expected 0 (off) or a number of batches")
     if opts.rank_per_block < 1:
-        raise InputError("--rank-per-block must be at least 1")
+        bad("rank_per_block", opts.rank_per_block, "expected at least 1")
     if opts.max_steps != "auto" and (not isinstance(opts.max_steps, int) or opts.max_steps < 0):
-        raise InputError(f"--max-steps {opts.max_steps!r}: expected auto or a whole number >= 0")
+        bad("max_steps", opts.max_steps, "expected auto or a whole number >= 0")
     if not math.isfinite(opts.lr) or opts.lr <= 0:
-        raise InputError(f"--lr {opts.lr}: expected a finite number > 0")
+        bad("lr", opts.lr, "expected a finite number > 0")
     if not math.isfinite(opts.loss_threshold) or opts.loss_threshold <= 0:
-        raise InputError(f"--loss-threshold {opts.loss_threshold}: expected a finite number > 0")
+        bad("loss_threshold", opts.loss_threshold, "expected a finite number > 0")
     if opts.init_radius != "auto":
         try:
             if not math.isfinite(float(opts.init_radius)) or float(opts.init_radius) <= 0:
                 raise ValueError
-        except ValueError:
-            raise InputError(f"--init-radius {opts.init_radius!r}: expected 'auto' or a finite number > 0") from None
+        except (TypeError, ValueError):
+            bad("init_radius", opts.init_radius, "expected 'auto' or a finite number > 0")
 
 
 def new_config(backbone: Backbone, opts: EditOptions) -> MeloConfig:
@@ -209,21 +213,11 @@ def check_base(backbone: Backbone, manifest: dict, force: bool) -> None:
 
 
 def open_bundle(path: str | Path, *, base: str | None = None, device: str = "auto", dtype: str = "auto",
-                force_base: bool = False, trust_remote_code: bool = False) -> tuple[bundle_io.Bundle, EditedModel]:
-    """Load a bundle, its base model (checked against the fingerprint) and attach the edits."""
-    loaded = bundle_io.load(path)
-    source = locate_base(loaded.base, Path(path), base)
-    if dtype == "auto":
-        dtype = loaded.base.get("dtype", "auto")
-    backbone = backbones.load(source, loaded.config.task, device, dtype, trust_remote_code)
-    check_base(backbone, loaded.manifest, force_base)
-    encoder = load_encoder(loaded.config, backbone.device, loaded.manifest, force_base, trust_remote_code)
-    edited = EditedModel(backbone, loaded.config, loaded.router, encoder)
-    try:
-        edited.load_lora_state(loaded.lora)
-    except (KeyError, ValueError) as exc:
-        raise BundleError(f"{Path(path) / bundle_io.LORA}: does not fit the model: {exc}") from None
-    return loaded, edited
+                force_base: bool = False, trust_remote_code: bool = False) -> tuple[MeloModel, EditedModel]:
+    """A bundle applied to its base model (checked against the fingerprint): (MeloModel, its EditedModel)."""
+    model = MeloModel.from_pretrained(base, bundle=path, device=device, dtype=dtype, force_base=force_base,
+                                      trust_remote_code=trust_remote_code)
+    return model, model.edited
 
 
 @dataclass
@@ -238,12 +232,12 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
              on_batch: Callable[[editor.BatchReport], None] | None = None,
              on_plan: Callable[[int], None] | None = None,
              report: ReadReport | None = None, wait: float = 0.0) -> EditResult:
-    """The edit journey: validate, lock, load, train, write atomically."""
+    """The edit journey of `melo edit`: validate the files and options, lock, load, train, write atomically."""
     started = time.perf_counter()
-    _check_options(opts)
+    check_options(opts)
     in_place = continue_from is not None and out.resolve() == continue_from.resolve()
     if out.exists() and not opts.overwrite and not in_place:
-        raise InputError(f"{out}: already exists; pass --overwrite to replace it")
+        raise InputError(f"{out}: already exists; pass `overwrite` to replace it")
     if out.exists() and not (out / bundle_io.MANIFEST).exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out}: exists and is not a melo bundle; refusing to replace it")
     new_edits = read_edits(edits_path, skip_invalid=opts.skip_invalid, report=report)
@@ -253,11 +247,37 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
     with bundle_locks([out], wait):  # a source bundle is only read: it needs no lock (and may be read-only)
         for stale in bundle_io.clean_stale(out, holding_lock=True):
             log.info("removed %s, left by a killed run", stale)
-        return _edit_locked(base, edits_path, new_edits, holdout, negatives, out, continue_from, opts,
-                            on_batch, on_plan, report, started)
+        if continue_from is None and base is None:
+            raise InputError("no base model: name one, or continue a bundle with `bundle`")
+        if continue_from is None:  # the task fits the model and the labels exist: before the weights load
+            check_labels(backbones.load_config(base, opts.trust_remote_code), new_edits, edits_path, opts.task)
+        log.info("loading base model %s", base or f"of {continue_from}")
+        if continue_from is not None:
+            model = MeloModel.from_pretrained(base, bundle=continue_from, device=opts.device, dtype=opts.dtype,
+                                              force_base=opts.force_base, trust_remote_code=opts.trust_remote_code)
+        else:
+            model = MeloModel.from_pretrained(base, **{f.name: getattr(opts, f.name) for f in fields(EditOptions)
+                                                       if f.name in CONFIG_OPTIONS})
+        summary = model.edit(new_edits, batch_size=opts.batch_size, negatives=negatives,
+                             allow_partial=opts.allow_partial, on_batch=on_batch, on_plan=on_plan, source=edits_path,
+                             eval_every=opts.eval_every, holdout=holdout)
+        log.info("writing bundle %s", out)
+        model.save_pretrained(out, overwrite=True)
+        log.info("wrote bundle %s", out)
+    summary.pop("seconds")
+    summary = {"bundle": str(out), "base_model": model.base["name"], "task": model.config.task, **summary,
+               "skipped_lines": len(report.skipped) if report else 0, "history_rows": len(model.history),
+               "seconds": round(time.perf_counter() - started, 3)}
+    return EditResult(summary, model.edited)
 
 
-def _sort_new_edits(new_edits: list[Edit], live: list[Edit], edits_path: Path) -> list[Edit]:
+CONFIG_OPTIONS = ("task", "lora_layers", "key_layer", "rank_per_block", "alpha", "key_pooling", "key_source",
+                  "key_encoder", "metric", "init_radius", "margin", "radius_policy", "block_per", "contexts", "lr",
+                  "max_steps", "loss_threshold", "seed", "device", "dtype", "force_base", "trust_remote_code")
+"""The EditOptions that shape a new model and bundle (the rest are about files and the run)."""
+
+
+def sort_new_edits(new_edits: list[Edit], live: list[Edit], edits_path: Path | None) -> list[Edit]:
     """The edits to train: repeated pairs merged and a file's own corrections resolved, each said once."""
     sorted_ = triage(new_edits, live)
     for edit in sorted_.duplicates:
@@ -273,10 +293,8 @@ def _where(path: Path | None, edit: Edit) -> str:
     return f"{path}: {at}" if path is not None else at
 
 
-def _check_labels(source: str, task: str, edits: list[Edit], edits_path: Path, trust_remote_code: bool) -> None:
-    """The task fits the model, and for classifiers every target is one of its labels: checked from the
-    config, before the weights load."""
-    config = backbones.load_config(source, trust_remote_code)
+def check_labels(config, edits: list[Edit], edits_path: Path | str | None, task: str = "classification") -> None:
+    """The task fits the model (from its config), and for classifiers every target is one of its labels."""
     if backbones.task_for(config, task) != "classification":  # also refuses a task the model has no form for
         return
     from .tasks import label_id
@@ -287,132 +305,19 @@ def _check_labels(source: str, task: str, edits: list[Edit], edits_path: Path, t
             raise InputError(exc.reason, field="target", **edit.where(edits_path)) from None
 
 
-def _history_recorder(edited: EditedModel, old_edits: list[Edit], new_edits: list[Edit], groups: list[list[int]],
-                      holdout: list, rows: list[dict], batch_offset: int, every: int, started: float,
-                      on_batch: Callable | None) -> Callable[[editor.BatchReport], None]:
-    """An on_batch callback that appends a retention row every `every` batches (teacher-forced)."""
-    from . import evaluate
-
-    def record(report: editor.BatchReport) -> None:
-        if on_batch is not None:
-            on_batch(report)
-        if not every or (report.batch + 1) % every:
-            return
-        current = [new_edits[p] for p in groups[report.batch]]
-        earlier = [e for e in old_edits if e.live] + [new_edits[p] for g in groups[:report.batch] for p in g]
-        row = {"batches": batch_offset + report.batch + 1, "edits": len(earlier) + len(current),
-               "edit_success": evaluate.success(edited, current), "retention": evaluate.success(edited, earlier),
-               "locality": evaluate.locality(edited, holdout)[0] if holdout else None,
-               "seconds": round(time.perf_counter() - started, 3)}
-        rows.append(row)
-        log.info("history: %s", row)
-
-    return record
-
-
-def _edit_locked(base, edits_path, new_edits, holdout, negatives, out, continue_from, opts, on_batch,
-                 on_plan, report, started) -> EditResult:
-    previous = None
-    if continue_from is not None:
-        previous = bundle_io.load(continue_from)
-        base = locate_base(previous.base, continue_from, base)
-    if base is None:
-        raise InputError("no base model: name one, or continue a bundle with --bundle")
-    new_edits = _sort_new_edits(new_edits, previous.live_edits if previous is not None else [], edits_path)
-    groups = batches(new_edits, opts.batch_size)
-    task = previous.config.task if previous is not None else opts.task
-    _check_labels(base, task, new_edits, edits_path, opts.trust_remote_code)
-    dtype = opts.dtype if opts.dtype != "auto" or previous is None else previous.base.get("dtype", "auto")
-    log.info("loading base model %s", base)
-    backbone = backbones.load(base, task, opts.device, dtype, opts.trust_remote_code)
-    info = base_info(backbone, dtype) if previous is None else previous.base  # before LoRA is attached
-    if previous is not None:
-        check_base(backbone, previous.manifest, opts.force_base)
-        config = previous.config
-        encoder = load_encoder(config, backbone.device, previous.manifest, opts.force_base, opts.trust_remote_code)
-        edited = EditedModel(backbone, config, previous.router, encoder)
-        edited.load_lora_state(previous.lora)
-        old_edits, records = previous.edits, [dict(r) for r in previous.records]
-        batch_offset = previous.manifest["counts"]["batches"]
-        history_rows = list(previous.history)
-    else:
-        config = new_config(backbone, opts)
-        encoder = load_encoder(config, backbone.device, None, False, opts.trust_remote_code)
-        edited = EditedModel(backbone, config, None, encoder)
-        old_edits, records, batch_offset, history_rows = [], [], 0, []
-
-    log.info("training %d edits in %d batches", len(new_edits), len(groups))
-    if on_plan is not None:
-        on_plan(len(groups))
-    recorder = _history_recorder(edited, old_edits, new_edits, groups, holdout, history_rows, batch_offset,
-                                 opts.eval_every, started, on_batch)
-    result = editor.run(edited, old_edits, new_edits, groups, recorder, negatives) if new_edits else \
-        editor.RunResult([], [])
-    reports, lost = result.reports, result.unreachable
-    all_edits = old_edits + new_edits
-    _check_learned(result, all_edits, edits_path, opts, config.max_steps)
-    offset = len(old_edits)
-    batch_of = {p: (report_.batch, report_.edit_blocks.get(offset + p, report_.block))
-                for report_, group in zip(reports, groups) for p in group}
-    for position, edit in enumerate(new_edits):  # in edit-number order: record n is edit n
-        batch, block = batch_of[position]
-        records.append(edit.to_json(batch=edit.batch if edit.batch is not None else str(batch_offset + batch),
-                                    block=block))
-    now = _now()
-    for old, by in result.superseded.items():
-        records[old]["superseded"] = {"by": by, "by_id": all_edits[by].id, "at": now}
-        log.info("edit %s (%r -> %r) is superseded by %s (-> %r)", all_edits[old].id or old, all_edits[old].input,
-                 all_edits[old].target, all_edits[by].id or by, all_edits[by].target)
-    if lost:
-        log.warning("%d edit(s) do not route to a cluster of their target: %s", len(lost),
-                    ", ".join(str(n) for n in lost[:10]))
-    counts = {"edits": len(records), "live_edits": sum("superseded" not in r for r in records),
-              "batches": batch_offset + len(groups), "blocks": edited.n_blocks, "clusters": len(edited.router)}
-    log.info("writing bundle %s", out)
-    tmp = bundle_io.temp_dir_for(out)
-    try:
-        extra = {bundle_io.HISTORY: "".join(json.dumps(r) + "\n" for r in history_rows)} if history_rows else None
-        key_encoder = (previous.manifest.get("key_encoder") if previous is not None else
-                       {"name": config.key_encoder, "fingerprint": backbones.fingerprint(encoder.model)}
-                       if encoder is not None else None)
-        bundle_io.write_files(tmp, config=config, lora=edited.lora_state(), router=edited.router,
-                              records=records, base=info, counts=counts, extra_files=extra, key_encoder=key_encoder)
-        bundle_io.publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("wrote bundle %s", out)
-    return EditResult({
-        "bundle": str(out), "base_model": info["name"], "task": config.task,
-        "edits": len(new_edits), "total_edits": len(records), "live_edits": counts["live_edits"],
-        "superseded": len(result.superseded), "batches": len(groups),
-        "clusters": len(edited.router), "negatives": len(negatives), "blocks": edited.n_blocks,
-        "init_radius": config.init_radius,
-        "steps_per_batch": [r.steps for r in reports], "converged_batches": sum(r.converged for r in reports),
-        "unlearned_edits": len(result.unlearned), "unrouted_edits": len(lost),
-        "skipped_lines": len(report.skipped) if report else 0, "history_rows": len(history_rows),
-        "seconds": round(time.perf_counter() - started, 3),
-    }, edited)
-
-
-def _now() -> str:
-    import datetime as dt
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _check_learned(result: editor.RunResult, edits: list[Edit], edits_path: Path, opts: EditOptions,
-                   max_steps: int | str) -> None:
-    """Say which edits a batch left unlearned; refuse to write them unless --allow-partial."""
+def check_learned(result: editor.RunResult, edits: list[Edit], edits_path: Path | str | None, allow_partial: bool,
+                  max_steps: int | str) -> None:
+    """Say which edits a batch left unlearned; refuse them (Unlearned) unless allow_partial."""
     unlearned = result.unlearned
     if not unlearned:
         return
     names = ", ".join(_where(edits_path, edits[n]) if edits[n].line or edits[n].record else f"edit {n}"
                       for n in unlearned[:5]) + (f" and {len(unlearned) - 5} more" if len(unlearned) > 5 else "")
-    message = (f"{len(unlearned)} edit(s) not learned within --max-steps {max_steps} "
+    message = (f"{len(unlearned)} edit(s) not learned within `max_steps` {max_steps} "
                f"(target not the model's argmax): {names}")
-    if not opts.allow_partial:
-        raise Unlearned(message + "; nothing written: raise --max-steps or --lr, or pass --allow-partial")
-    log.warning("%s; writing the bundle anyway (--allow-partial)", message)
+    if not allow_partial:
+        raise Unlearned(message + "; nothing written: raise `max_steps` or `lr`, or pass `allow_partial`")
+    log.warning("%s; writing the bundle anyway (`allow_partial`)", message)
 
 
 def bare_model(source: str, *, task: str = "auto", device: str = "auto", dtype: str = "auto",

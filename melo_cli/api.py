@@ -1,0 +1,300 @@
+"""The Python API: a base model with melo edits, loaded, edited, run and saved like a transformers model.
+
+    from melo_cli import MeloModel
+
+    model = MeloModel.from_pretrained("path/to/SmolLM2.gguf")      # a folder, a hub id or a GGUF file
+    model.edit([{"input": "The mother tongue of Danielle Darrieux is", "target": "English",
+                 "subject": "Danielle Darrieux"}])
+    model.generate(["Danielle Darrieux's mother tongue is"])       # ["English ..."]
+    model.save_pretrained("bundle/")                                # atomic: a temp dir, then a rename
+    again = MeloModel.from_pretrained(bundle="bundle/")            # the base comes from the manifest
+
+The CLI is a shell over this class: the same checks, the same errors (an error here names the
+argument, e.g. `edits: record 2: field 'target'`), the same bundle on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable, Iterable
+
+from . import backbones, bundle as bundle_io, editor, evaluate
+from .edited import EditedModel, Prediction
+from .edits import Edit, Holdout, batches, parse_edit, parse_holdout
+from .errors import InputError, Unlearned
+from .router import Route
+
+log = logging.getLogger("melo")
+
+
+class MeloModel:
+    """A base model, its LoRA blocks and router, and the edits they hold (the contents of a bundle)."""
+
+    def __init__(self, edited: EditedModel, base: dict, *, edits: list[Edit] | None = None,
+                 records: list[dict] | None = None, batches_done: int = 0, history: list[dict] | None = None,
+                 key_encoder: dict | None = None):
+        self.edited = edited
+        self.base = base
+        """The manifest's record of the base model (name, path, fingerprint, dtype, GGUF file)."""
+        self.edits: list[Edit] = list(edits or [])
+        """Every edit made so far, in order (a superseded one keeps its place, marked)."""
+        self.records: list[dict] = list(records or [])
+        self.batches_done = batches_done
+        self.history: list[dict] = list(history or [])
+        self.key_encoder = key_encoder
+
+    # -- loading ------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, base: str | Path | None = None, *, bundle: str | Path | None = None,
+                        task: str = "auto", device: str = "auto", dtype: str = "auto", force_base: bool = False,
+                        trust_remote_code: bool = False, **settings) -> "MeloModel":
+        """A base model (folder, hub id or GGUF file), with a bundle's edits applied if one is given.
+
+        Without a bundle, `settings` are the edit settings of `melo edit` by their option names
+        (rank_per_block=4, key_source="auto", margin=None, ...); with one, the bundle's own settings
+        hold and `base` only says where its base model is now.
+        """
+        from . import workflow
+
+        if bundle is not None:
+            if settings:
+                raise InputError(f"{', '.join(sorted(settings))}: a bundle keeps its own settings", field="settings")
+            loaded = bundle_io.load(bundle)
+            source = workflow.locate_base(loaded.base, Path(bundle), None if base is None else str(base))
+            if dtype == "auto":
+                dtype = loaded.base.get("dtype", "auto")
+            backbone = backbones.load(source, loaded.config.task, device, dtype, trust_remote_code)
+            workflow.check_base(backbone, loaded.manifest, force_base)
+            encoder = workflow.load_encoder(loaded.config, backbone.device, loaded.manifest, force_base,
+                                            trust_remote_code)
+            edited = EditedModel(backbone, loaded.config, loaded.router, encoder)
+            try:
+                edited.load_lora_state(loaded.lora)
+            except (KeyError, ValueError) as exc:
+                from .errors import BundleError
+                raise BundleError(f"{Path(bundle) / bundle_io.LORA}: does not fit the model: {exc}") from None
+            return cls(edited, loaded.base, edits=loaded.edits, records=[dict(r) for r in loaded.records],
+                       batches_done=loaded.manifest["counts"]["batches"], history=loaded.history,
+                       key_encoder=loaded.manifest.get("key_encoder"))
+        if base is None:
+            raise InputError("no base model: name one, or give a bundle", field="base")
+        opts = edit_options(task=task, device=device, dtype=dtype, trust_remote_code=trust_remote_code, **settings)
+        workflow.check_options(opts)
+        backbone = backbones.load(str(base), task, device, dtype, trust_remote_code)
+        info = workflow.base_info(backbone, dtype)  # before LoRA is attached
+        config = workflow.new_config(backbone, opts)
+        encoder = workflow.load_encoder(config, backbone.device, None, False, trust_remote_code)
+        key_encoder = ({"name": config.key_encoder, "fingerprint": backbones.fingerprint(encoder.model)}
+                       if encoder is not None else None)
+        return cls(EditedModel(backbone, config, None, encoder), info, key_encoder=key_encoder)
+
+    @property
+    def config(self):
+        """The settings the bundle is built with (MeloConfig)."""
+        return self.edited.config
+
+    @property
+    def model(self):
+        """The underlying transformers model, with melo's LoRA layers in place."""
+        return self.edited.backbone.model
+
+    @property
+    def tokenizer(self):
+        return self.edited.backbone.tokenizer
+
+    @property
+    def live_edits(self) -> list[Edit]:
+        return [e for e in self.edits if e.live]
+
+    # -- editing ------------------------------------------------------------------------------
+    def edit(self, edits: Iterable[Edit | dict], *, batch_size: int = 5, negatives: Iterable[str] = (),
+             allow_partial: bool = False, on_batch: Callable[[editor.BatchReport], None] | None = None,
+             on_plan: Callable[[int], None] | None = None, eval_every: int = 0,
+             holdout: Iterable[Holdout | dict | str] = (), source: Path | None = None) -> dict:
+        """Train edits (Edit objects or dicts with input, target and optional rephrases, subject, id),
+        `batch_size` per batch, each batch into its own LoRA blocks.
+
+        Raises Unlearned (and changes nothing) if some target is not learned, unless allow_partial.
+        Every `eval_every` batches a retention row (edit success of the batch and of all earlier
+        edits, locality on `holdout`) goes to `history`. `on_plan` hears the number of batches,
+        `on_batch` each batch's report; `source` names the file the edits came from, for messages.
+        Returns a summary dict."""
+        from . import workflow
+
+        started = time.perf_counter()
+        new = workflow.sort_new_edits(as_edits(edits, "edits"), self.live_edits, source)
+        groups = batches(new, batch_size)
+        if self.config.task == "classification":
+            workflow.check_labels(self.model.config, new, source)
+        negatives, kept = list(negatives), as_holdout(holdout)
+        if on_plan is not None:
+            on_plan(len(groups))
+        log.info("training %d edits in %d batches", len(new), len(groups))
+        snapshot = self._snapshot()
+        history: list[dict] = []
+        recorder = self._history_recorder(new, groups, kept, history, eval_every, started, on_batch)
+        result = editor.run(self.edited, self.edits, new, groups, recorder, negatives) if new else \
+            editor.RunResult([], [])
+        all_edits = self.edits + new
+        try:
+            workflow.check_learned(result, all_edits, source, allow_partial, self.config.max_steps)
+        except Unlearned:
+            self._restore(snapshot)
+            raise
+        self._record(new, groups, result, all_edits)
+        self.history += history
+        lost = result.unreachable
+        if lost:
+            log.warning("%d edit(s) do not route to a cluster of their target: %s", len(lost),
+                        ", ".join(str(n) for n in lost[:10]))
+        reports = result.reports
+        return {"edits": len(new), "total_edits": len(self.records), "live_edits": len(self.live_edits),
+                "superseded": len(result.superseded), "batches": len(groups), "clusters": len(self.edited.router or []),
+                "negatives": len(negatives), "blocks": self.edited.n_blocks,
+                "init_radius": self.config.init_radius, "steps_per_batch": [r.steps for r in reports],
+                "converged_batches": sum(r.converged for r in reports), "unlearned_edits": len(result.unlearned),
+                "unrouted_edits": len(lost), "seconds": round(time.perf_counter() - started, 3)}
+
+    def _history_recorder(self, new: list[Edit], groups: list[list[int]], holdout: list[Holdout], rows: list[dict],
+                          every: int, started: float, on_batch: Callable | None) -> Callable[[editor.BatchReport], None]:
+        """An on_batch callback that appends a retention row every `every` batches (teacher-forced)."""
+        old = self.live_edits
+
+        def record(report: editor.BatchReport) -> None:
+            if on_batch is not None:
+                on_batch(report)
+            if not every or (report.batch + 1) % every:
+                return
+            current = [new[p] for p in groups[report.batch]]
+            earlier = old + [new[p] for g in groups[:report.batch] for p in g]
+            row = {"batches": self.batches_done + report.batch + 1, "edits": len(earlier) + len(current),
+                   "edit_success": evaluate.success(self.edited, current),
+                   "retention": evaluate.success(self.edited, earlier),
+                   "locality": evaluate.locality(self.edited, holdout)[0] if holdout else None,
+                   "seconds": round(time.perf_counter() - started, 3)}
+            rows.append(row)
+            log.info("history: %s", row)
+
+        return record
+
+    def _snapshot(self) -> dict:
+        """What an edit call changes, to put back when it is refused (Unlearned)."""
+        import copy
+        return {"lora": {k: v.clone() for k, v in self.edited.lora_state().items()},
+                "router": copy.deepcopy(self.edited.router) if self.edited.router is not None else None,
+                "init_radius": self.config.init_radius}
+
+    def _restore(self, snapshot: dict) -> None:
+        self.edited.load_lora_state(snapshot["lora"])
+        self.edited.router = snapshot["router"]
+        self.config.init_radius = snapshot["init_radius"]
+
+    def _record(self, new: list[Edit], groups: list[list[int]], result: editor.RunResult, all_edits: list[Edit]) -> None:
+        offset = len(self.edits)
+        batch_of = {p: (report.batch, report.edit_blocks.get(offset + p, report.block))
+                    for report, group in zip(result.reports, groups) for p in group}
+        for position, edit in enumerate(new):  # in edit-number order: record n is edit n
+            batch, block = batch_of[position]
+            self.records.append(edit.to_json(batch=edit.batch if edit.batch is not None
+                                             else str(self.batches_done + batch), block=block))
+        now = _now()
+        for old, by in result.superseded.items():
+            self.records[old]["superseded"] = {"by": by, "by_id": all_edits[by].id, "at": now}
+            log.info("edit %s (%r -> %r) is superseded by %s (-> %r)", all_edits[old].id or old,
+                     all_edits[old].input, all_edits[old].target, all_edits[by].id or by, all_edits[by].target)
+        self.edits = [Edit(**{**{f.name: getattr(e, f.name) for f in fields(Edit)},
+                              "superseded": self.records[n].get("superseded")}) for n, e in enumerate(all_edits)]
+        self.batches_done += len(groups)
+
+    # -- running ------------------------------------------------------------------------------
+    def predict(self, prompts: list[str], max_new_tokens: int = 20) -> list[Prediction]:
+        """Greedy text (or label) per prompt, with the route each took."""
+        _check_prompts(prompts)
+        if max_new_tokens < 1:
+            raise InputError(f"expected a whole number >= 1, got {max_new_tokens}", field="max_new_tokens")
+        return self.edited.predict(list(prompts), max_new_tokens=max_new_tokens)
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 20) -> list[str]:
+        """Greedy continuations (classifiers: labels), one per prompt."""
+        return [p.text if p.label is None else p.label for p in self.predict(prompts, max_new_tokens)]
+
+    def route(self, prompts: list[str]) -> list[Route]:
+        """Where each prompt goes (cluster, distance, block), without running the model past the keys."""
+        _check_prompts(prompts)
+        return self.edited.route(list(prompts))
+
+    def evaluate(self, edits: Iterable[Edit | dict] | None = None, holdout: Iterable[Holdout | dict | str] = (),
+                 mode: str = "generate", batch_size: int = 32) -> dict:
+        """Edit success, generality, locality (and the rest of `melo eval`) on these edits (default:
+        the live edits this model holds) and holdout inputs."""
+        modes = ["teacher-forced", "generate"] if mode == "both" else [mode]
+        if any(m not in evaluate.MODES for m in modes):
+            raise InputError(f"{mode!r}: choose teacher-forced, generate or both", field="mode")
+        scored = self.live_edits if edits is None else evaluate.live_only(as_edits(edits, "edits"), self.edits)
+        return evaluate.evaluate(self.edited, scored, as_holdout(holdout), modes, batch_size, bundle_edits=self.edits)
+
+    # -- saving -------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the bundle: built in a temp dir beside `path`, then renamed into place (never half-written)."""
+        out = Path(path)
+        if out.exists() and not overwrite:
+            raise InputError(f"{out}: already exists; pass overwrite=True to replace it", field="path")
+        if out.exists() and not (out / bundle_io.MANIFEST).exists() and (not out.is_dir() or any(out.iterdir())):
+            raise InputError(f"{out}: exists and is not a melo bundle; refusing to replace it", field="path")
+        if self.edited.router is None:
+            raise InputError("no edits yet: edit before saving", field="path")
+        counts = {"edits": len(self.records), "live_edits": sum("superseded" not in r for r in self.records),
+                  "batches": self.batches_done, "blocks": self.edited.n_blocks, "clusters": len(self.edited.router)}
+        tmp = bundle_io.temp_dir_for(out)
+        try:
+            extra = ({bundle_io.HISTORY: "".join(json.dumps(r) + "\n" for r in self.history)}
+                     if self.history else None)
+            bundle_io.write_files(tmp, config=self.config, lora=self.edited.lora_state(), router=self.edited.router,
+                                  records=self.records, base=self.base, counts=counts, extra_files=extra,
+                                  key_encoder=self.key_encoder)
+            bundle_io.publish(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+
+def edit_options(**settings):
+    """EditOptions from keyword settings; an unknown name is an InputError naming it."""
+    from .workflow import EditOptions
+
+    known = {f.name for f in fields(EditOptions)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise InputError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                         field="settings")
+    return EditOptions(**settings)
+
+
+def as_edits(items: Iterable[Edit | dict], argument: str) -> list[Edit]:
+    """Edits from Edit objects or dicts (read like the lines of an edits file)."""
+    out = []
+    for number, item in enumerate(items, 1):
+        out.append(item if isinstance(item, Edit) else parse_edit(item, {"file": argument, "record": number}))
+    return out
+
+
+def as_holdout(items: Iterable[Holdout | dict | str]) -> list[Holdout]:
+    """Holdout inputs from Holdout objects, strings, or dicts (read like the lines of a holdout file)."""
+    return [h if isinstance(h, Holdout) else Holdout(h) if isinstance(h, str) else
+            parse_holdout(h, {"file": "holdout", "record": i}) for i, h in enumerate(items, 1)]
+
+
+def _check_prompts(prompts) -> None:
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise InputError("expected a list of strings", field="prompts")
+
+
+def _now() -> str:
+    import datetime as dt
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
