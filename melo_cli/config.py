@@ -6,7 +6,7 @@ settings the bundle was built with.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 
 @dataclass
@@ -40,7 +40,6 @@ class MeloConfig:
     the loss still falls by a tenth per 100 steps and some target is not yet the argmax."""
     loss_threshold: float = 0.05
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -50,11 +50,6 @@ class Routes:
     def scope(self) -> RouteScope | None:
         return getattr(self._local, "scope", None)
 
-    def block_ids(self) -> torch.Tensor | None:
-        """The block id per row of the running forward, or None (base model everywhere)."""
-        scope = self.scope
-        return None if scope is None else scope.block_ids
-
     def active(self) -> RouteScope | None:
         """The open scope once its routes are decided, else None."""
         scope = self.scope

@@ -85,3 +85,16 @@ def test_importing_melo_cli_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]
     assert set(melo_cli.__all__) >= {"MeloModel", "Edit", "InputError"}
+
+
+def test_the_readme_python_example_runs(llama_path, tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.search(r"## Python API.*?```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(code.replace("sample_models/stories260K", str(llama_path)), namespace)
+    model = namespace["model"]
+    assert (tmp_path / "bundle" / "manifest.yaml").exists() and len(model.edits) == 2

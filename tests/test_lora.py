@@ -133,12 +133,12 @@ def test_routes_are_per_thread_and_per_model():
     a, b = Routes(), Routes()
     seen = {}
     with a.fixed(torch.tensor([1])):
-        assert b.block_ids() is None
-        thread = threading.Thread(target=lambda: seen.setdefault("other", a.block_ids()))
+        assert b.active() is None
+        thread = threading.Thread(target=lambda: seen.setdefault("other", a.active()))
         thread.start()
         thread.join()
-        assert a.block_ids().tolist() == [1]
-    assert seen["other"] is None and a.block_ids() is None
+        assert a.active().block_ids.tolist() == [1]
+    assert seen["other"] is None and a.active() is None
 
 
 def test_nested_scopes_are_refused():
