@@ -19,7 +19,7 @@ import torch
 from . import prefix, tasks
 from .edited import EditedModel
 from .edits import Edit, normalise_input
-from .router import Router, auto_radius
+from .router import POLICIES, Router, auto_radius
 from .subjects import gate_name
 
 
@@ -47,8 +47,8 @@ def ensure_router(edited: EditedModel, keys: np.ndarray) -> Router:
     """The model's router, created on the first edit with a radius resolved from these keys if asked."""
     if edited.router is None:
         config = edited.config
-        if config.init_radius <= 0:  # auto: half the gap for split (radii halve anyway), the gap for voronoi
-            config.init_radius = auto_radius(keys, config.metric, 1.0 if config.radius_policy == "voronoi" else 0.5)
+        if config.init_radius <= 0:  # auto: a fraction of the median gap between edits, per policy
+            config.init_radius = auto_radius(keys, config.metric, POLICIES[config.radius_policy].auto_fraction)
             if config.key_source == "encoder" and config.metric == "cosine":
                 config.init_radius = min(config.init_radius, ENCODER_MAX_RADIUS)
         edited.router = Router(keys.shape[1], config.metric, config.init_radius, margin=config.margin,

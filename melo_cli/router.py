@@ -37,10 +37,6 @@ NO_BLOCK = -1
 """The block id of a row that runs the base model alone."""
 
 METRICS = ("euclidean", "cosine")
-POLICIES = ("split", "voronoi")
-"""split: MELO/GRACE's rules (join same labels, halve radii between labels). voronoi: every key is
-its own centre of radius r0 and nothing shrinks; the nearest centre decides between edits, and
-negatives, being centres with no block, take their own cells."""
 NEGATIVE = "\u0000no-edit"
 """Label of a negative: an input whose output must not change. Its cluster has no block."""
 SHRINK = 0.999
@@ -86,6 +82,44 @@ def distance(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
 
 
+class SplitPolicy:
+    """MELO/GRACE's rules: a key joins a cluster of its label within reach, and the radii of two labels
+    shrink to just under half their distance; a negative shrinks every edit cluster that covers it."""
+
+    name = "split"
+    auto_fraction = 0.5
+    """The auto radius: half the median gap between edits (radii halve at a split anyway)."""
+
+    def add(self, router: "Router", key: np.ndarray, label: str, block: int, edit: int,
+            subject: str | None) -> "AddResult":
+        return router._add_by_split(key, label, block, edit, subject)
+
+    def clusters_to_clear(self, router: "Router", negative: np.ndarray) -> list[tuple[int, float]]:
+        return router._edit_clusters_covering(negative)
+
+
+class VoronoiPolicy:
+    """Every key is its own centre of radius r0 and nothing shrinks: the nearest centre decides between
+    edits, and negatives (centres with no block) take their own cells."""
+
+    name = "voronoi"
+    auto_fraction = 1.0
+    """The auto radius: the whole median gap between edits (the nearest centre decides, not the radius)."""
+
+    def add(self, router: "Router", key: np.ndarray, label: str, block: int, edit: int,
+            subject: str | None) -> "AddResult":
+        cluster = router._new_cluster(key, label, block, router.init_radius)
+        router._add_member(key, cluster, edit, subject)
+        return AddResult(cluster, "new")
+
+    def clusters_to_clear(self, router: "Router", negative: np.ndarray) -> list[tuple[int, float]]:
+        return []
+
+
+POLICIES = {policy.name: policy for policy in (SplitPolicy(), VoronoiPolicy())}
+"""The radius policies by name, as configs and manifests spell them."""
+
+
 class Router:
     """Clusters of edit keys, their radii and blocks, and the hnswlib index over their centres."""
 
@@ -95,7 +129,7 @@ class Router:
             raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
         if policy not in POLICIES:
             raise ValueError(f"unknown radius policy {policy!r}; choose one of {', '.join(POLICIES)}")
-        self.policy = policy
+        self.policy = POLICIES[policy]
         self.dim, self.metric, self.init_radius = dim, metric, float(init_radius)
         self.ef, self.M, self.margin = ef, M, float(margin)
         self.centres = np.zeros((0, dim), np.float32)
@@ -165,16 +199,13 @@ class Router:
         """Add the key of edit `edit` (label = its target, `subject` its entity if known) trained into `block`."""
         key = np.asarray(key, np.float32).reshape(self.dim)
         superseded = self._retire_same_key(key, label)
-        result = self._add(key, label, block, edit, subject)
+        result = self.policy.add(self, key, label, block, edit, subject)
         result.superseded = superseded
         return result
 
-    def _add(self, key: np.ndarray, label: str, block: int, edit: int, subject: str | None) -> AddResult:
+    def _add_by_split(self, key: np.ndarray, label: str, block: int, edit: int, subject: str | None) -> AddResult:
+        """SplitPolicy's add: new, join or split against the nearest cluster (module docstring)."""
         r0 = self.init_radius
-        if self.policy == "voronoi":
-            cluster = self._new_cluster(key, label, block, r0)
-            self._add_member(key, cluster, edit, subject)
-            return AddResult(cluster, "new")
         clusters, dists = self.nearest(key, 1)
         if clusters.shape[1] == 0 or dists[0, 0] > self.radii[clusters[0, 0]] + r0:
             cluster = self._new_cluster(key, label, block, r0)
@@ -232,7 +263,7 @@ class Router:
         stays a centre where it is.
         """
         key = np.asarray(key, np.float32).reshape(self.dim)
-        covering = self._edit_clusters_covering(key) if self.policy == "split" else []
+        covering = self.policy.clusters_to_clear(self, key)
         cluster = self._new_cluster(key, NEGATIVE, NO_BLOCK, self.init_radius)
         self._add_member(key, cluster, -1)
         for other, d in covering:
@@ -347,7 +378,7 @@ class Router:
                 subjects: list[str | None] | None = None) -> "Router":
         """Rebuild a router from its saved arrays and the hnswlib index file."""
         centres = arrays["centres"].astype(np.float32)
-        router = cls(centres.shape[1], metric, init_radius, margin=margin, policy=policy)
+        router = cls(centres.shape[1], metric, init_radius, margin=margin, policy=policy)  # a bad name: ValueError
         router.centres, router.radii = centres, arrays["radii"].astype(np.float32)
         router.blocks = arrays["blocks"].astype(np.int64)
         router.member_keys = arrays["member_keys"].astype(np.float32)
