@@ -129,8 +129,7 @@ class MeloModel:
         started = time.perf_counter()
         new = workflow.sort_new_edits(as_edits(edits, "edits"), self.live_edits, source)
         groups = batches(new, batch_size)
-        if self.config.task == "classification":
-            workflow.check_labels(self.model.config, new, source)
+        workflow.check_labels(self.model.config, new, source, self.config.task)  # classifiers: labels exist
         negatives, kept = list(negatives), as_holdout(holdout)
         if on_plan is not None:
             on_plan(len(groups))

@@ -24,7 +24,6 @@ from .lora import is_lora_target
 
 log = logging.getLogger("melo")
 
-TASKS = ("causal-lm", "seq2seq", "classification")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -46,36 +45,36 @@ class Backbone:
 
 
 def detect_task(config) -> str:
-    """The task a config's architecture was built for."""
+    """The task a config's architecture was built for (melo_cli/tasks: each task names its own)."""
+    from .tasks import TASKS
+
     if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
     for arch in getattr(config, "architectures", None) or []:
-        if arch.endswith("ForSequenceClassification"):
-            return "classification"
-        if arch.endswith(("ForCausalLM", "LMHeadModel")):
-            return "causal-lm"
-        if arch.endswith("ForConditionalGeneration"):
-            return "seq2seq"
-    if getattr(config, "is_decoder", False) or config.model_type in {"gpt2", "llama", "qwen2", "mistral", "gpt_neox", "opt"}:
+        for task in TASKS.values():
+            if arch.endswith(task.architecture_suffixes):
+                return task.name
+    if getattr(config, "is_decoder", False):
         return "causal-lm"
-    if config.model_type in {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2"}:
-        return "classification"
-    raise InputError(f"cannot tell the task of model type {config.model_type!r}; pass --task")
+    for task in TASKS.values():
+        if config.model_type in task.model_types:
+            return task.name
+    raise InputError(f"cannot tell the task of model type {config.model_type!r}; pass `task`")
 
 
 def task_for(config, task: str) -> str:
     """The task to load a model for: detected, or the one asked for if this architecture supports it."""
+    from .tasks import TASKS
+
     if task == "auto":
         return detect_task(config)
     if task not in TASKS:
-        raise InputError(f"--task {task!r}: choose one of auto, {', '.join(TASKS)}")
+        raise InputError(f"`task` {task!r}: choose one of auto, {', '.join(TASKS)}")
     from transformers.models.auto import modeling_auto as auto
 
-    supported = {"causal-lm": auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                 "seq2seq": auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
-                 "classification": auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES}[task]
+    supported = getattr(auto, TASKS[task].mapping)
     if config.model_type not in supported and not getattr(config, "auto_map", None):
-        raise InputError(f"--task {task}: a {config.model_type!r} model has no {task} form in transformers "
+        raise InputError(f"`task` {task}: a {config.model_type!r} model has no {task} form in transformers "
                          f"(it was made for {detect_task(config)})")
     return task
 
@@ -144,18 +143,19 @@ def load_config(source: str, trust_remote_code: bool = False):
 def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "auto",
          trust_remote_code: bool = False) -> Backbone:
     """Load model and tokenizer with from_pretrained (a local folder or a hub id) for `task`."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+    import transformers
+
+    from .tasks import TASKS
 
     given = source
     source, gguf_record = readable_source(source, trust_remote_code)  # also quiets transformers
     config = load_config(source, trust_remote_code)
     task = task_for(config, task)
-    auto = {"causal-lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
-            "classification": AutoModelForSequenceClassification}[task]
+    auto = getattr(transformers, TASKS[task].auto_model)
     kwargs = {"trust_remote_code": trust_remote_code}
     if dtype != "auto":
         if dtype not in DTYPES:
-            raise InputError(f"unknown --dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+            raise InputError(f"unknown `dtype` {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
         kwargs["dtype"] = DTYPES[dtype]
     model = auto.from_pretrained(source, **kwargs)
     threads.configure(model)
@@ -225,7 +225,9 @@ def default_lora_layers(model: nn.Module, task: str, top_blocks: int = 2) -> lis
     stacks = block_stacks(model)
     if not stacks:
         raise InputError("found no stack of transformer blocks in this model; pass --lora-layers and --key-layer")
-    chosen = stacks if task == "seq2seq" else stacks[-1:]  # seq2seq: encoder and decoder
+    from .tasks import TASKS
+
+    chosen = TASKS[task].lora_stacks(stacks)
     names = []
     for stack_name, stack in chosen:
         n = min(top_blocks, max(1, len(stack) - 1))

@@ -128,11 +128,12 @@ class EditedModel:
             raise RuntimeError(f"the key layer {self.config.key_layer} did not run")
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
+    @property
+    def task(self) -> tasks.Task:
+        return tasks.task_of(self.backbone)
+
     def _forward(self, inputs: dict[str, torch.Tensor]):
-        model = self.backbone.model
-        if self.backbone.task == "seq2seq" and "labels" not in inputs and "decoder_input_ids" not in inputs:
-            return model.get_encoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        return model(**inputs)
+        return self.task.forward(self.backbone.model, inputs)
 
     # -- outputs ------------------------------------------------------------------------------
     def teacher_forced(self, inputs: list[str], targets: list[str], route: bool = True
@@ -169,13 +170,11 @@ class EditedModel:
         return TargetScores(nll, counts, hits, list(found), base_nll)
 
     def _nll(self, logits, scored, aligned, rows, n) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        loss, hits = tasks.score(self.backbone, logits, scored, aligned, rows)
+        loss, hits = self.task.score(logits, scored, aligned, rows)
         if aligned:
             counts = torch.bincount(rows, minlength=n).to(loss.dtype)
             return (loss * counts).cpu(), counts.cpu(), hits.cpu()
-        if self.backbone.task == "classification":
-            return loss.cpu(), torch.ones_like(loss).cpu(), hits.cpu()
-        nll, counts = tasks.token_nll(self.backbone, logits, scored)
+        nll, counts = self.task.token_nll(logits, scored)
         return nll.cpu(), counts.cpu(), hits.cpu()
 
     def frozen_prefix(self) -> FrozenPrefix | None:
@@ -196,8 +195,9 @@ class EditedModel:
         backbone = self.backbone
         enc = tasks.encode(backbone, inputs).to(backbone.device)
         scope = self.routed(enc.key_mask, inputs) if route else _no_routes(len(inputs))
+        task = self.task
         with scope as found:
-            if backbone.task == "classification":
+            if not task.generates:
                 probs = torch.softmax(self._forward(enc.inputs).logits.float(), -1).cpu()
             else:
                 kwargs = {k: v for k, v in enc.inputs.items() if k != "position_ids"}
@@ -206,15 +206,15 @@ class EditedModel:
         if not found:
             found.extend(Route(None, None, NO_BLOCK) for _ in inputs)
         results = []
+        new_tokens = task.new_tokens(generated, enc) if task.generates else None
         for row, route_taken in enumerate(found):
-            if backbone.task == "classification":
+            if not task.generates:
                 id2label = backbone.model.config.id2label
                 p = {str(id2label[i]): float(probs[row, i]) for i in range(probs.shape[1])}
                 label = str(id2label[int(probs[row].argmax())])
                 results.append(Prediction(None, label, p, route_taken))
                 continue
-            new = generated[row, enc.inputs["input_ids"].shape[1]:] if backbone.task == "causal-lm" else generated[row]
-            text = backbone.tokenizer.decode(new, skip_special_tokens=True)
+            text = backbone.tokenizer.decode(new_tokens[row], skip_special_tokens=True)
             results.append(Prediction(text, None, None, route_taken))
         return results
 

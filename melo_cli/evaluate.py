@@ -14,9 +14,6 @@ import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
-import torch
-
-from . import tasks
 from .edited import EditedModel
 from .edits import Edit, Holdout
 from .prefix import FrozenPrefix
@@ -74,14 +71,10 @@ def teacher_forced(edited: EditedModel, inputs: list[str], targets: list[str], r
         texts, goals = [inputs[i] for i in chunk], [targets[i] for i in chunk]
         if outputs:
             enc, logits, routes = edited.teacher_forced(texts, goals, route=route)
-            _, hits = tasks.score(edited.backbone, logits, enc.targets)
-            predictions = logits.argmax(-1)
-            if edited.backbone.task == "causal-lm":
-                predictions = torch.where(enc.inputs["attention_mask"].bool(), predictions, -1)
+            _, hits = edited.task.score(logits, enc.targets)
+            outputs = edited.task.argmax_outputs(logits, enc)
             for j, i in enumerate(chunk):
-                output = predictions[j].tolist()  # a label id, or token ids without the padding
-                out[i] = Outcome(bool(hits[j]), routes[j], [t for t in output if t != -1] if isinstance(output, list)
-                                 else output)
+                out[i] = Outcome(bool(hits[j]), routes[j], outputs[j])
         else:
             scores = edited.target_scores(texts, goals, route=route, base=base)
             for j, i in enumerate(chunk):
@@ -121,7 +114,7 @@ def _scored(edited, mode, inputs, targets, route, batch_size, advance, base=None
     target's tokens when each is the argmax after the prompt and the target's earlier tokens, which
     one forward pass shows; only the rows where that fails are decoded (another tokenisation of the
     target may still be produced). Those rows keep their NLL for perplexity."""
-    if mode == "generate" and edited.backbone.task != "causal-lm":
+    if mode == "generate" and not edited.task.greedy_is_teacher_forced:
         return generated(edited, inputs, targets, route, batch_size, advance)
     forced = teacher_forced(edited, inputs, targets, route, batch_size,
                             advance if mode == "teacher-forced" else lambda n: None, base=base)
@@ -142,7 +135,7 @@ def _run(edited, mode, inputs, targets, route, batch_size, advance) -> list[Outc
 
 
 def _placeholder(edited: EditedModel) -> str:
-    if edited.backbone.task == "classification":
+    if not edited.task.generates:
         return str(edited.backbone.model.config.id2label[0])
     return " "
 
@@ -185,7 +178,7 @@ def perplexity(edited: EditedModel, edits: list[Edit], outcomes: list[Outcome], 
     """exp(mean NLL per target token) under the base and the edited model (causal LMs only), from
     the routed teacher-forced outcomes of the edits; their base NLL came with them (replayed prefix),
     or their routed rows are run again unrouted."""
-    if edited.backbone.task != "causal-lm" or not edits:
+    if not edited.task.perplexity or not edits:
         return None
     if any(o.nll is None for o in outcomes):
         outcomes = teacher_forced(edited, [e.input for e in edits], [e.target for e in edits], True, batch_size)
@@ -228,7 +221,7 @@ def live_only(edits: list[Edit], bundle_edits: list[Edit]) -> list[Edit]:
 def evaluate(edited: EditedModel, edits: list[Edit], holdout: list[Holdout], modes: list[str], batch_size: int = 32,
              advance: Callable[[int], None] = lambda n: None, bundle_edits: list[Edit] | None = None) -> dict:
     """All metrics in one dict with exactly KEYS; a metric that does not apply is None."""
-    if edited.backbone.task == "classification":
+    if not edited.task.generates:
         modes = ["teacher-forced"] if modes == ["generate"] else modes  # one prediction per input either way
     numbers = {(e.input, e.target): n for n, e in enumerate(bundle_edits or [])}
     rephrased = [(r, e) for e in edits for r in e.rephrases]
