@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -249,17 +248,10 @@ class MeloModel:
             raise InputError("no edits yet: edit before saving", field="path")
         counts = {"edits": len(self.records), "live_edits": sum("superseded" not in r for r in self.records),
                   "batches": self.batches_done, "blocks": self.edited.n_blocks, "clusters": len(self.edited.router)}
-        tmp = bundle_io.temp_dir_for(out)
-        try:
-            extra = ({bundle_io.HISTORY: "".join(json.dumps(r) + "\n" for r in self.history)}
-                     if self.history else None)
-            bundle_io.write_files(tmp, config=self.config, lora=self.edited.lora_state(), router=self.edited.router,
-                                  records=self.records, base=self.base, counts=counts, extra_files=extra,
-                                  key_encoder=self.key_encoder)
-            bundle_io.publish(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        extra = {bundle_io.HISTORY: "".join(json.dumps(r) + "\n" for r in self.history)} if self.history else None
+        bundle_io.write(out, config=self.config, lora=self.edited.lora_state(), router=self.edited.router,
+                        records=self.records, base=self.base, counts=counts, extra_files=extra,
+                        key_encoder=self.key_encoder)
         return out
 
 

@@ -130,6 +130,20 @@ def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Rout
     return manifest
 
 
+def write(out: Path, **contents) -> dict:
+    """The one way a bundle is written: every file into a fresh temp dir beside `out`, then swapped
+    into place (publish); on any failure the temp dir goes and `out` is as it was. `contents` are
+    write_files' keywords. Returns the manifest."""
+    tmp = temp_dir_for(out)
+    try:
+        manifest = write_files(tmp, **contents)
+        publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
 def temp_dir_for(out: Path) -> Path:
     """A fresh temporary directory beside `out`, named so that a later run can tell it is stale."""
     out.parent.mkdir(parents=True, exist_ok=True)
