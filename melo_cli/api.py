@@ -78,8 +78,8 @@ class MeloModel:
                 from .errors import BundleError
                 raise BundleError(f"{Path(bundle) / bundle_io.LORA}: does not fit the model: {exc}") from None
             return cls(edited, loaded.base, edits=loaded.edits, records=[dict(r) for r in loaded.records],
-                       batches_done=loaded.manifest["counts"]["batches"], history=loaded.history,
-                       key_encoder=loaded.manifest.get("key_encoder"))
+                       batches_done=loaded.manifest.counts["batches"], history=loaded.history,
+                       key_encoder=loaded.manifest.key_encoder)
         if base is None:
             raise InputError("no base model: name one, or give a bundle", field="base")
         opts = edit_options(task=task, device=device, dtype=dtype, trust_remote_code=trust_remote_code, **settings)

@@ -10,7 +10,6 @@ matches the manifest; every file's sha256 is checked against the manifest.
 from __future__ import annotations
 
 import ctypes
-import datetime as dt
 import hashlib
 import json
 import os
@@ -21,16 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 
-from . import __version__
 from .config import MeloConfig
 from .edits import Edit
 from .errors import BundleError
+from .manifest import Manifest
 from .router import Router
 
-FORMAT = 1
 MANIFEST = "manifest.yaml"
 LORA = "lora.safetensors"
 INDEX = "router.hnsw"
@@ -43,7 +40,7 @@ HISTORY = "history.jsonl"
 @dataclass
 class Bundle:
     path: Path
-    manifest: dict
+    manifest: Manifest
     config: MeloConfig
     lora: dict
     router: Router
@@ -53,7 +50,7 @@ class Bundle:
 
     @property
     def base(self) -> dict:
-        return self.manifest["base_model"]
+        return self.manifest.base_model
 
     @property
     def live_edits(self) -> list[Edit]:
@@ -85,21 +82,21 @@ def _write_text(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def _card(manifest: dict) -> str:
-    base, counts, config = manifest["base_model"], manifest["counts"], manifest["config"]
+def _card(manifest: Manifest) -> str:
+    base, counts, config = manifest.base_model, manifest.counts, manifest.config.to_dict()
     return (f"# melo edit bundle\n\nMELO edits (neuron-indexed dynamic LoRA) for `{base['name']}` ({config['task']}).\n\n"
             f"- edits: {counts['edits']} in {counts['batches']} batches; LoRA blocks: {counts['blocks']} of "
             f"rank {config['rank_per_block']} on {len(config['lora_layers'])} layers\n"
             f"- router: {counts['clusters']} clusters, key at `{config['key_layer']}` ({config['key_pooling']} pooling, "
             f"{config['metric']}), init radius {config['init_radius']:.4g}\n"
-            f"- made by melo {manifest['melo_version']} on {manifest['created']}\n\n"
+            f"- made by melo {manifest.melo_version} on {manifest.created}\n\n"
             f"Apply with `melo generate --bundle DIR \"prompt\"`; inspect with `melo inspect DIR`.\n"
             f"The base model is not included: it is loaded from `{base['name']}` and checked against its fingerprint.\n")
 
 
 def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Router, records: list[dict],
                 base: dict, counts: dict, extra_files: dict[str, str] | None = None,
-                key_encoder: dict | None = None) -> dict:
+                key_encoder: dict | None = None) -> Manifest:
     """Write every bundle file into `directory` (which must exist and be empty); returns the manifest.
 
     `lora` maps names to float32 arrays (numpy, or torch tensors on the CPU)."""
@@ -111,26 +108,16 @@ def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Rout
     _write_text(directory / EDITS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     for name, text in (extra_files or {}).items():
         _write_text(directory / name, text)
-    manifest = {
-        "format": FORMAT,
-        "melo_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "base_model": base,
-        "config": config.to_dict(),
-        "key_dim": int(router.dim),
-        "counts": counts,
-    }
-    if key_encoder is not None:
-        manifest["key_encoder"] = key_encoder
+    manifest = Manifest(base_model=base, config=config, key_dim=int(router.dim), counts=counts,
+                        key_encoder=key_encoder)
     _write_text(directory / CARD, _card(manifest))
-    manifest["files"] = {p.name: sha256(p) for p in sorted(directory.iterdir()) if p.name != MANIFEST}
-    _write_text(directory / MANIFEST, yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True,
-                                                     default_flow_style=None, width=100))
+    manifest.files = {p.name: sha256(p) for p in sorted(directory.iterdir()) if p.name != MANIFEST}
+    _write_text(directory / MANIFEST, manifest.to_yaml())
     _fsync_dir(directory)
     return manifest
 
 
-def write(out: Path, **contents) -> dict:
+def write(out: Path, **contents) -> Manifest:
     """The one way a bundle is written: every file into a fresh temp dir beside `out`, then swapped
     into place (publish); on any failure the temp dir goes and `out` is as it was. `contents` are
     write_files' keywords. Returns the manifest."""
@@ -223,29 +210,22 @@ def _index_header(path: Path) -> tuple[int, int]:
     return (label_offset - offset_data) // 4, count
 
 
-def read_manifest(path: Path) -> dict:
+def read_manifest(path: Path) -> Manifest:
     path = Path(path)
     if not path.exists():
         raise BundleError(f"{path}: no such bundle")
     if not (path / MANIFEST).is_file():
         raise BundleError(f"{path}: not a melo bundle (no {MANIFEST})")
     try:
-        manifest = yaml.safe_load((path / MANIFEST).read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path / MANIFEST}: unreadable manifest: {str(exc).splitlines()[0]}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{path / MANIFEST}: not a melo bundle manifest of format {FORMAT}")
-    for key in ("base_model", "config", "files", "counts", "key_dim"):
-        if key not in manifest:
-            raise BundleError(f"{path / MANIFEST}: missing '{key}'")
-    return manifest
+        text = (path / MANIFEST).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path / MANIFEST}: unreadable manifest: {exc}") from None
+    return Manifest.from_yaml(text, path / MANIFEST)
 
 
-def verify_files(path: Path, manifest: dict) -> None:
+def verify_files(path: Path, manifest: Manifest) -> None:
     """Every file the manifest names is a plain file inside the bundle with the recorded sha256."""
-    files = manifest["files"]
-    if not isinstance(files, dict):
-        raise BundleError(f"{path / MANIFEST}: 'files' must be a mapping")
+    files = manifest.files
     for required in (LORA, INDEX, CLUSTERS, EDITS):
         if required not in files:
             raise BundleError(f"{path / MANIFEST}: does not list {required}")
@@ -267,7 +247,7 @@ def load(path: str | Path) -> Bundle:
         clean_stale(path)
     manifest = read_manifest(path)
     verify_files(path, manifest)
-    config = MeloConfig.from_dict(manifest["config"])
+    config = manifest.config
     try:
         arrays = load_numpy(str(path / CLUSTERS))
         from safetensors import safe_open
@@ -278,13 +258,13 @@ def load(path: str | Path) -> Bundle:
         lora = load_numpy(str(path / LORA))
     except Exception as exc:  # safetensors raises several types for damaged files
         raise BundleError(f"{path}: unreadable tensors: {str(exc).splitlines()[0]}") from None
-    n_clusters = manifest["counts"]["clusters"]
-    if len(labels) != n_clusters or arrays["centres"].shape != (n_clusters, manifest["key_dim"]):
+    n_clusters, key_dim = manifest.counts["clusters"], manifest.key_dim
+    if len(labels) != n_clusters or arrays["centres"].shape != (n_clusters, key_dim):
         raise BundleError(f"{path / CLUSTERS}: holds {len(labels)} clusters, the manifest says {n_clusters}")
     dim, count = _index_header(path / INDEX)
-    if dim != manifest["key_dim"] or count != n_clusters:
+    if dim != key_dim or count != n_clusters:
         raise BundleError(f"{path / INDEX}: index of {count} keys of dimension {dim}; the manifest says "
-                          f"{n_clusters} of dimension {manifest['key_dim']}")
+                          f"{n_clusters} of dimension {key_dim}")
     if subjects is not None and (not isinstance(subjects, list) or len(subjects) != len(arrays["member_edit"])
                                  or not all(s is None or isinstance(s, str) for s in subjects)):
         raise BundleError(f"{path / CLUSTERS}: 'subjects' does not match the members")
@@ -294,5 +274,5 @@ def load(path: str | Path) -> Bundle:
     edits = [Edit(r["input"], r["target"], tuple(r.get("rephrases") or ()), r.get("id"), r.get("batch"), i + 1,
                   superseded=r.get("superseded"), subject=r.get("subject")) for i, r in enumerate(records)]
     history = ([json.loads(line) for line in (path / HISTORY).read_text(encoding="utf-8").splitlines() if line.strip()]
-               if HISTORY in manifest["files"] else [])
+               if HISTORY in manifest.files else [])
     return Bundle(path, manifest, config, lora, router, edits, records, history)

@@ -353,7 +353,7 @@ def inspect(
         stdout.print(table)
         return
     loaded = bundle_io.load(bundle)
-    manifest = loaded.manifest
+    manifest = loaded.manifest.to_dict()
     info = {"bundle": str(bundle), "base_model": manifest["base_model"], "counts": manifest["counts"],
             "config": manifest["config"], "key_dim": manifest["key_dim"], "melo_version": manifest["melo_version"],
             "created": manifest["created"], "files": manifest["files"]}

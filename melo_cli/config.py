@@ -41,6 +41,39 @@ class MeloConfig:
     loss_threshold: float = 0.05
     seed: int = 0
 
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, one phrase per field (empty: fine). A bundle's config is
+        read like input: a manifest naming an unknown metric or a negative rank is refused, not run."""
+        import math
+
+        from .router import METRICS, POLICIES
+
+        def number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        checks = {
+            "task": isinstance(self.task, str) and bool(self.task),  # the registry checks the name on load
+            "lora_layers": isinstance(self.lora_layers, list) and all(isinstance(n, str) for n in self.lora_layers),
+            "key_layer": isinstance(self.key_layer, str) and bool(self.key_layer),
+            "rank_per_block": isinstance(self.rank_per_block, int) and not isinstance(self.rank_per_block, bool)
+            and self.rank_per_block >= 1,
+            "alpha": number(self.alpha),
+            "key_pooling": self.key_pooling in ("mean", "last"),  # keys.POOLINGS (keys.py imports torch)
+            "key_source": self.key_source in ("base", "encoder"),
+            "key_encoder": self.key_encoder is None or isinstance(self.key_encoder, str),
+            "metric": self.metric in METRICS,
+            "init_radius": number(self.init_radius) and self.init_radius >= 0,
+            "radius_policy": self.radius_policy in POLICIES,
+            "margin": number(self.margin) and self.margin >= 0,
+            "block_per": self.block_per in ("edit", "batch"),
+            "contexts": isinstance(self.contexts, int) and not isinstance(self.contexts, bool) and self.contexts >= 0,
+            "lr": number(self.lr) and self.lr > 0,
+            "max_steps": self.max_steps == "auto" or isinstance(self.max_steps, int) and self.max_steps >= 0,
+            "loss_threshold": number(self.loss_threshold) and self.loss_threshold > 0,
+            "seed": isinstance(self.seed, int),
+        }
+        return [f"{name} {getattr(self, name)!r}" for name, ok in checks.items() if not ok]
+
     def to_dict(self) -> dict:
         return asdict(self)
 

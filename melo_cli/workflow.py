@@ -25,6 +25,7 @@ from .errors import BundleError, InputError, Unlearned
 from .editor import CONTEXTS
 from .keys import DEFAULT_ENCODER, POOLINGS, SentenceEncoder, default_encoder_path, encoder_source
 from .locks import bundle_locks
+from .manifest import Manifest
 from .router import METRICS, POLICIES
 
 log = logging.getLogger("melo")
@@ -178,7 +179,7 @@ def locate_base(base: dict, bundle_path: Path, override: str | None) -> str:
                       f"pass --base PATH_OR_ID")
 
 
-def load_encoder(config: MeloConfig, device: torch.device, manifest: dict | None, force: bool,
+def load_encoder(config: MeloConfig, device: torch.device, manifest: Manifest | None, force: bool,
                  trust_remote_code: bool = False) -> SentenceEncoder | None:
     """The sentence encoder a bundle's keys come from (checked against its fingerprint), or None."""
     if config.key_source != "encoder":
@@ -190,7 +191,7 @@ def load_encoder(config: MeloConfig, device: torch.device, manifest: dict | None
         raise error(f"the router keys come from the sentence encoder {config.key_encoder!r}, which cannot be "
                     f"loaded here: {str(exc).splitlines()[0]}") from None
     if manifest is not None:
-        expected = (manifest.get("key_encoder") or {}).get("fingerprint")
+        expected = (manifest.key_encoder or {}).get("fingerprint")
         if not backbones.same_model(expected, backbones.fingerprint(encoder.model)):
             message = f"key encoder {config.key_encoder!r} is not the encoder this bundle's keys were made with"
             if not force:
@@ -199,13 +200,13 @@ def load_encoder(config: MeloConfig, device: torch.device, manifest: dict | None
     return encoder
 
 
-def check_base(backbone: Backbone, manifest: dict, force: bool) -> None:
-    expected = manifest["base_model"].get("fingerprint")
+def check_base(backbone: Backbone, manifest: Manifest, force: bool) -> None:
+    expected = manifest.base_model.get("fingerprint")
     actual = backbones.fingerprint(backbone.model)
     if not backbones.same_model(expected, actual):
         recorded = expected.get("structure") if isinstance(expected, dict) else expected
         message = (f"base model {backbone.source!r} is not the model this bundle was made for "
-                   f"({manifest['base_model'].get('name')!r}, fingerprint {str(recorded)[:12]}, "
+                   f"({manifest.base_model.get('name')!r}, fingerprint {str(recorded)[:12]}, "
                    f"got {actual['structure'][:12]})")
         if not force:
             raise BundleError(message + "; pass --force-base to apply it anyway")

@@ -113,3 +113,28 @@ def test_not_a_bundle(tmp_path):
     refused(tmp_path / "nowhere", "no such bundle")
     (tmp_path / "empty").mkdir()
     refused(tmp_path / "empty", "not a melo bundle")
+
+
+def test_a_manifest_with_invalid_settings_is_refused_in_one_line(good_bundle, tmp_path):
+    """The manifest is typed (melo_cli/manifest.py): wrong types or values are a BundleError naming the
+    field, never a traceback or a model run with garbage settings."""
+    from melo_cli.config import MeloConfig
+    from melo_cli.keys import POOLINGS
+    from melo_cli.manifest import Manifest
+
+    assert tuple(POOLINGS) == ("mean", "last")  # config.problems spells them out (keys.py imports torch)
+    cases = {"metric": ("config", "metric", "manhattan"), "rank": ("config", "rank_per_block", -4),
+             "radius": ("config", "init_radius", float("nan")), "counts": ("counts", "clusters", "many"),
+             "key_dim": (None, "key_dim", 0), "format": (None, "format", 2)}
+    for name, (section, key, value) in cases.items():
+        copy = tmp_path / name
+        shutil.copytree(good_bundle, copy)
+        manifest = yaml.safe_load((copy / "manifest.yaml").read_text())
+        (manifest[section] if section else manifest)[key] = value
+        (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+        result = melo("inspect", copy)
+        assert result.exit_code == 2, (name, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr and key.split("_")[0] in result.stderr, (name, result.stderr)
+    loaded = Manifest.from_yaml((good_bundle / "manifest.yaml").read_text(), good_bundle / "manifest.yaml")
+    assert isinstance(loaded.config, MeloConfig) and loaded.config.problems() == []
+    assert Manifest.from_yaml(loaded.to_yaml(), good_bundle).to_dict() == loaded.to_dict()  # round trip

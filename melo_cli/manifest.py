@@ -1,0 +1,105 @@
+"""The bundle manifest as one typed object, read and written as versioned YAML.
+
+A bundle is shared like a model file, so its manifest is read like input: every field is checked for
+its type here, once, and the rest of melo reads attributes instead of digging through a dict.
+`format` is the version: a manifest of another format is refused with a message that says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .config import MeloConfig
+from .errors import BundleError
+
+FORMAT = 1
+COUNTS = ("edits", "batches", "blocks", "clusters")
+"""Counts every manifest has (live_edits came later and is optional)."""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclass
+class Manifest:
+    base_model: dict
+    """name (as given), path (local bases), fingerprint, task, model_type, architecture, dtype, gguf."""
+    config: MeloConfig
+    key_dim: int
+    counts: dict[str, int]
+    key_encoder: dict | None = None
+    """The sentence encoder the router keys come from: name and fingerprint (None: base-model keys)."""
+    files: dict[str, str] = field(default_factory=dict)
+    """sha256 of every other file of the bundle, by name."""
+    format: int = FORMAT
+    melo_version: str = __version__
+    created: str = field(default_factory=_now)
+
+    def to_dict(self) -> dict:
+        out = {"format": self.format, "melo_version": self.melo_version, "created": self.created,
+               "base_model": self.base_model, "config": self.config.to_dict(), "key_dim": self.key_dim,
+               "counts": self.counts}
+        if self.key_encoder is not None:
+            out["key_encoder"] = self.key_encoder
+        out["files"] = self.files
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, default_flow_style=None,
+                              width=100)
+
+    @classmethod
+    def from_yaml(cls, text: str, where: Path) -> "Manifest":
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise BundleError(f"{where}: unreadable manifest: {str(exc).splitlines()[0]}") from None
+        return cls.from_dict(data, where)
+
+    @classmethod
+    def from_dict(cls, data: object, where: Path) -> "Manifest":
+        """A manifest from parsed YAML, every field checked; BundleError names the field at fault."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else None
+            raise BundleError(f"{where}: not a melo bundle manifest of format {FORMAT}"
+                              + (f" (format {found!r}: made by another melo version)" if found is not None else ""))
+
+        def need(key: str, kind: type | tuple, what: str):
+            if key not in data:
+                raise BundleError(f"{where}: missing '{key}'")
+            value = data[key]
+            if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+                raise BundleError(f"{where}: '{key}' must be {what}")
+            return value
+
+        base = need("base_model", dict, "a mapping")
+        if not isinstance(base.get("name"), str) or not base["name"]:
+            raise BundleError(f"{where}: 'base_model.name' must be a non-empty string")
+        counts = need("counts", dict, "a mapping")
+        for key in COUNTS:
+            if not isinstance(counts.get(key), int) or isinstance(counts.get(key), bool) or counts[key] < 0:
+                raise BundleError(f"{where}: 'counts.{key}' must be a whole number >= 0")
+        key_dim = need("key_dim", int, "a whole number")
+        if key_dim < 1:
+            raise BundleError(f"{where}: 'key_dim' must be at least 1")
+        files = need("files", dict, "a mapping of file names to sha256")
+        key_encoder = data.get("key_encoder")
+        if key_encoder is not None and not isinstance(key_encoder, dict):
+            raise BundleError(f"{where}: 'key_encoder' must be a mapping")
+        config = need("config", dict, "a mapping")
+        try:
+            parsed = MeloConfig.from_dict(config)
+        except TypeError as exc:
+            raise BundleError(f"{where}: 'config' is incomplete: {exc}") from None
+        wrong = parsed.problems()
+        if wrong:
+            raise BundleError(f"{where}: 'config' has invalid settings: {', '.join(wrong)}")
+        return cls(base_model=base, config=parsed, key_dim=key_dim, counts=counts, key_encoder=key_encoder,
+                   files=files, format=FORMAT, melo_version=str(data.get("melo_version", "?")),
+                   created=str(data.get("created", "?")))
