@@ -6,7 +6,7 @@ fine-tuning, on the same model, data, order, seed and machine, in one run.
     python benchmarks/editing.py --model gemma3-270m --dataset zsre
     python benchmarks/editing.py                                  # the tiny Llama (stories260K)
 
-Editors: melo (the defaults of `melo edit`: MiniLM keys with the subject gate, a block per edit that
+Editors: melo (the defaults of `melo edit`, run through the Python API: MiniLM keys with the subject gate, a block per edit that
 also learns generic contexts), melo-paper (the MELO paper's layout: base-model keys, the split rule, a
 block per batch), grace-style, lora-ft. Models come from benchmarks/models.py (the package registry).
 
@@ -38,13 +38,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from melo_cli import backbones, bundle as bundle_io, editor, tasks, workflow  # noqa: E402
-from melo_cli.config import MeloConfig  # noqa: E402
+from melo_cli import MeloConfig, MeloModel, backbones, tasks  # noqa: E402
 from melo_cli.edited import EditedModel  # noqa: E402
-from melo_cli.edits import Edit  # noqa: E402
 from melo_cli.evaluate import produces  # noqa: E402
 from melo_cli.router import auto_radius  # noqa: E402
-from melo_cli.routes import NO_BLOCK  # noqa: E402
 
 MAX_STEPS, LOSS_THRESHOLD = 100, 0.05
 
@@ -72,45 +69,48 @@ def train_until_done(params, loss_and_hits, lr: float) -> int:
 
 # -- the three editors, behind one small interface ---------------------------------------------------
 class MeloEditor:
+    """melo through its Python API (melo_cli.MeloModel), as a user would run it: one edit call over the
+    whole file with batches of --batch-size (so the auto radius sees every edit, as `melo edit` does),
+    scored at the checkpoints from the batch callback; scoring time is not counted as editing time."""
+
     name = "melo"
 
-    def __init__(self, device: str, all_inputs: list[str], negatives: list[str] = (), name: str = "melo",
-                 split: bool = True, **settings):
-        self.name, self.split = name, split
-        self.backbone = backbones.load(MODEL, device=device)
-        config = workflow.new_config(self.backbone, workflow.EditOptions(**settings))  # the CLI's defaults
-        encoder = workflow.load_encoder(config, self.backbone.device, None, False)
-        self.edited = EditedModel(self.backbone, config, None, encoder)
-        editor.ensure_router(self.edited, self.edited.keys(all_inputs))  # auto radius over the whole file, as the CLI
-        for key in (self.edited.keys(list(negatives)) if negatives else []):
-            self.edited.router.add_negative(key)
-        self.history: list[Edit] = []
-        self.subjects = True
+    def __init__(self, device: str, name: str = "melo", subjects: bool = True, **settings):
+        self.name, self.subjects = name, subjects
+        self.model = MeloModel.from_pretrained(MODEL, device=device, **settings)
+        self.backbone = self.model.edited.backbone
+        self.edited = self.model.edited
 
-    def edit(self, batch: list[dict]) -> int:
-        new = [Edit(e["input"], e["target"], subject=e.get("subject") if self.subjects else None) for e in batch]
-        report = editor.run(self.edited, self.history, new, [list(range(len(new)))], split=self.split).reports[0]
-        self.history += new
-        return report.steps
+    def edit_all(self, batches: list[list[dict]], checkpoint) -> tuple[list[int], float]:
+        """(steps per batch, editing seconds); checkpoint(batches done) runs after every batch."""
+        records = [{"input": e["input"], "target": e["target"], **({"subject": e["subject"]} if self.subjects else {})}
+                   for batch in batches for e in batch]
+        steps, scoring = [], [0.0]
+
+        def on_batch(report) -> None:
+            steps.append(report.steps)
+            started = time.perf_counter()
+            checkpoint(report.batch + 1)
+            scoring[0] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        self.model.edit(records, batch_size=len(batches[0]), on_batch=on_batch, allow_partial=True)
+        return steps, time.perf_counter() - started - scoring[0]
 
     def logits(self, inputs, targets):
         enc, logits, _ = self.edited.teacher_forced(inputs, targets)
         return enc, logits
 
     def generate(self, inputs, n):
-        return [p.text for p in self.edited.predict(inputs, max_new_tokens=n)]
+        return self.model.generate(inputs, max_new_tokens=max(n, 1))
 
     def trainable_per_batch(self) -> int:
         return sum(layer.rank * (layer.in_features + layer.out_features) for layer in self.edited.layers.values())
 
     def saved_bytes(self) -> int:
         with tempfile.TemporaryDirectory() as tmp:
-            records = [e.to_json() for e in self.history]
-            bundle_io.write_files(Path(tmp), config=self.edited.config, lora=self.edited.lora_state(),
-                                  router=self.edited.router, records=records, base={"name": "llama"},
-                                  counts={"edits": len(records), "batches": 0, "blocks": self.edited.n_blocks,
-                                          "clusters": len(self.edited.router)})
-            return sum(p.stat().st_size for p in Path(tmp).iterdir())
+            out = self.model.save_pretrained(Path(tmp) / "bundle")
+            return sum(p.stat().st_size for p in out.iterdir())
 
 
 class LoraFinetune:
@@ -136,14 +136,14 @@ class LoraFinetune:
 
         def loss_and_hits():
             with self._on(len(batch)):
-                return tasks.score(self.backbone, self.edited._forward(enc.inputs).logits, enc.targets)
+                return tasks.score(self.backbone, self.backbone.model(**enc.inputs).logits, enc.targets)
         return train_until_done(self.params, loss_and_hits, 1e-2)
 
     @torch.no_grad()
     def logits(self, inputs, targets):
         enc = tasks.encode(self.backbone, inputs, targets).to(self.backbone.device)
         with self._on(len(inputs)):
-            return enc, self.edited._forward(enc.inputs).logits
+            return enc, self.backbone.model(**enc.inputs).logits
 
     @torch.no_grad()
     def generate(self, inputs, n):
@@ -368,25 +368,23 @@ def main() -> None:
     results = {}
     for name in args.editors.split(","):
         inputs = [r["input"] for r in records]
-        ed = {"melo": lambda: MeloEditor(args.device, inputs),
-              "melo-paper": lambda: MeloEditor(args.device, inputs, name="melo-paper", **PAPER),
-              "melo-full-pass": lambda: MeloEditor(args.device, inputs, name="melo-full-pass", split=False),
+        ed = {"melo": lambda: MeloEditor(args.device),
+              "melo-paper": lambda: MeloEditor(args.device, name="melo-paper", subjects=False, **PAPER),
               "grace-style": lambda: GraceStyle(args.device, inputs),
               "lora-ft": lambda: LoraFinetune(args.device)}[name]()
         torch.set_num_threads(args.threads)
-        if name == "melo-paper":
-            ed.subjects = False
-        steps, seconds, curve = [], 0.0, []
-        for number, batch in enumerate(batches, 1):
-            started = time.perf_counter()
-            steps.append(ed.edit(batch))
-            seconds += time.perf_counter() - started
+        curve = []
+
+        def checkpoint(number: int, ed=ed) -> None:
             if number in checkpoints:
                 seen = [r for b in batches[:number] for r in b]
                 point = score(ed, seen, {k: v[:len(seen)] for k, v in base.items()}, full=number == len(batches))
                 point["edits"] = len(seen)
                 curve.append(point)
                 print(f"{name} after {len(seen)} edits: {point}", file=sys.stderr)
+
+        steps, seconds = ed.edit_all(batches, checkpoint) if isinstance(ed, MeloEditor) else \
+            edit_in_turn(ed, batches, checkpoint)
         final = curve[-1]
         per_edit_params = (ed.trainable_per_batch() * ed.edited.n_blocks / args.n if name.startswith("melo") else
                            ed.trainable_per_batch() if name == "grace-style" else ed.trainable_per_batch() / args.n)
@@ -395,6 +393,17 @@ def main() -> None:
                          "saved_bytes_per_edit": ed.saved_bytes() / args.n, "curve": curve}
         del ed
         write_results(args, env, results)  # after every editor: a long run interrupted keeps what it measured
+
+
+def edit_in_turn(ed, batches: list[list[dict]], checkpoint) -> tuple[list[int], float]:
+    """The baselines: one edit call per batch; (steps per batch, editing seconds)."""
+    steps, seconds = [], 0.0
+    for number, batch in enumerate(batches, 1):
+        started = time.perf_counter()
+        steps.append(ed.edit(batch))
+        seconds += time.perf_counter() - started
+        checkpoint(number)
+    return steps, seconds
 
 
 def write_results(args, env: dict, results: dict) -> None:
