@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from . import backbones, bundle as bundle_io, editor, evaluate
+from .config import MeloConfig
 from .edited import EditedModel, Prediction
 from .edits import Edit, Holdout, batches, parse_edit, parse_holdout
 from .errors import InputError, Unlearned
@@ -50,19 +51,20 @@ class MeloModel:
     # -- loading ------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, base: str | Path | None = None, *, bundle: str | Path | None = None,
-                        task: str = "auto", device: str = "auto", dtype: str = "auto", force_base: bool = False,
-                        trust_remote_code: bool = False, **settings) -> "MeloModel":
+                        config: MeloConfig | None = None, device: str = "auto", dtype: str = "auto",
+                        force_base: bool = False, trust_remote_code: bool = False, **settings) -> "MeloModel":
         """A base model (folder, hub id or GGUF file), with a bundle's edits applied if one is given.
 
-        Without a bundle, `settings` are the edit settings of `melo edit` by their option names
-        (rank_per_block=4, key_source="auto", margin=None, ...); with one, the bundle's own settings
-        hold and `base` only says where its base model is now.
+        Without a bundle, the new bundle's settings are `config`, or MeloConfig(**settings) by the
+        names of `melo edit`'s options (rank_per_block=4, key_source="base", task="seq2seq", ...);
+        what they leave open is chosen from the model. With a bundle, its own settings hold and
+        `base` only says where its base model is now.
         """
         from . import workflow
 
         if bundle is not None:
-            if settings:
-                raise InputError(f"{', '.join(sorted(settings))}: a bundle keeps its own settings", field="settings")
+            if settings or config is not None:
+                raise InputError("a bundle keeps its own settings: pass no config or settings with `bundle`")
             loaded = bundle_io.load(bundle)
             source = workflow.locate_base(loaded.base, Path(bundle), None if base is None else str(base))
             if dtype == "auto":
@@ -81,12 +83,14 @@ class MeloModel:
                        batches_done=loaded.manifest.counts["batches"], history=loaded.history,
                        key_encoder=loaded.manifest.key_encoder)
         if base is None:
-            raise InputError("no base model: name one, or give a bundle", field="base")
-        opts = edit_options(task=task, device=device, dtype=dtype, trust_remote_code=trust_remote_code, **settings)
-        workflow.check_options(opts)
-        backbone = backbones.load(str(base), task, device, dtype, trust_remote_code)
+            raise InputError("no base model: name one as `base`, or give a `bundle`")
+        if config is None:
+            config = make_config(**settings)
+        elif settings:
+            raise InputError("pass the settings in `config` or as keywords, not both")
+        backbone = backbones.load(str(base), config.task, device, dtype, trust_remote_code)
         info = workflow.base_info(backbone, dtype)  # before LoRA is attached
-        config = workflow.new_config(backbone, opts)
+        config = workflow.new_config(backbone, config)
         encoder = workflow.load_encoder(config, backbone.device, None, False, trust_remote_code)
         key_encoder = ({"name": config.key_encoder, "fingerprint": backbones.fingerprint(encoder.model)}
                        if encoder is not None else None)
@@ -185,12 +189,12 @@ class MeloModel:
         import copy
         return {"lora": {k: v.clone() for k, v in self.edited.lora_state().items()},
                 "router": copy.deepcopy(self.edited.router) if self.edited.router is not None else None,
-                "init_radius": self.config.init_radius}
+                "config": self.config}
 
     def _restore(self, snapshot: dict) -> None:
         self.edited.load_lora_state(snapshot["lora"])
         self.edited.router = snapshot["router"]
-        self.config.init_radius = snapshot["init_radius"]
+        self.edited.config = snapshot["config"]
 
     def _record(self, new: list[Edit], groups: list[list[int]], result: editor.RunResult, all_edits: list[Edit]) -> None:
         offset = len(self.edits)
@@ -255,16 +259,13 @@ class MeloModel:
         return out
 
 
-def edit_options(**settings):
-    """EditOptions from keyword settings; an unknown name is an InputError naming it."""
-    from .workflow import EditOptions
-
-    known = {f.name for f in fields(EditOptions)}
+def make_config(**settings) -> MeloConfig:
+    """MeloConfig from keyword settings; an unknown name is an InputError naming it (and the known ones)."""
+    known = {f.name for f in fields(MeloConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise InputError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
-                         field="settings")
-    return EditOptions(**settings)
+        raise InputError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return MeloConfig(**settings)
 
 
 def as_edits(items: Iterable[Edit | dict], argument: str) -> list[Edit]:

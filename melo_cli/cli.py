@@ -12,6 +12,7 @@ never import torch or transformers.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -201,15 +202,18 @@ def edit(
         base, edits = None, Path(base)  # `melo edit EDITS --bundle OLD -o OUT`
     if edits is None:
         raise InputError("missing EDITS: the JSONL file of edits")
-    opts = workflow.EditOptions(
+    from .config import MeloConfig
+
+    config = MeloConfig(
         task=task, lora_layers=[s.strip() for s in lora_layers.split(",") if s.strip()] if lora_layers else None,
         key_layer=key_layer, rank_per_block=rank_per_block, key_pooling=key_pooling, key_source=key_source,
-        key_encoder=key_encoder, negatives=negatives, metric=metric, margin=margin, radius_policy=radius_policy,
-        block_per=block_per, contexts=contexts,
-        init_radius=init_radius, lr=lr, max_steps=_steps(max_steps), loss_threshold=loss_threshold, batch_size=batch_size,
-        seed=seed, device=device, dtype=dtype, skip_invalid=skip_invalid, force_base=force_base,
-        trust_remote_code=trust_remote_code, overwrite=overwrite, eval_every=eval_every, locality=locality,
-        allow_partial=allow_partial)
+        key_encoder=key_encoder, metric=metric, margin=margin, radius_policy=radius_policy, block_per=block_per,
+        contexts=contexts, init_radius=_radius(init_radius), lr=lr, max_steps=_steps(max_steps),
+        loss_threshold=loss_threshold, seed=seed)
+    opts = workflow.EditOptions(
+        config=config, negatives=negatives, batch_size=batch_size, device=device, dtype=dtype,
+        skip_invalid=skip_invalid, force_base=force_base, trust_remote_code=trust_remote_code, overwrite=overwrite,
+        eval_every=eval_every, locality=locality, allow_partial=allow_partial)
     report = ReadReport()
     with _progress("editing", "batches") as progress:
         bar = progress.add_task("edit", total=None, note="")
@@ -228,6 +232,19 @@ def edit(
     for error in report.skipped:
         print(f"melo: skipped: {error}", file=sys.stderr)
     emit_json(summary)
+
+
+def _radius(value: str) -> float:
+    """--init-radius: auto (0 in the config) or a finite number > 0."""
+    if value == "auto":
+        return 0.0
+    try:
+        radius = float(value)
+    except ValueError:
+        radius = float("nan")
+    if not math.isfinite(radius) or radius <= 0:
+        raise InputError(f"--init-radius {value!r}: expected auto or a finite number > 0")
+    return radius
 
 
 def _steps(value: str) -> int | str:

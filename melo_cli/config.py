@@ -1,39 +1,63 @@
-"""MeloConfig: every setting that shapes a bundle, in one dataclass (after peft's LoraConfig).
+"""MeloConfig: every setting that shapes a bundle, in one dataclass that checks itself (after peft's
+LoraConfig).
 
-It is written to the manifest, so a continued bundle and every later `generate`/`eval` use the
-settings the bundle was built with.
+A new config may leave choices to melo (task "auto", lora_layers None, ...); `workflow.new_config`
+resolves them from the model's structure. The resolved config is written to the manifest, so a
+continued bundle and every later `generate`/`eval` use the settings the bundle was built with. The
+CLI and the Python API build the same object, so they share one set of checks; a bad value is an
+InputError naming the setting in backticks (the CLI shows it as its --flag).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
+
+from .errors import InputError
+
+CONTEXTS = ("Tell me about it:", "The answer is", "My friend said that", "In short,", "Here is what I know:",
+            "Yes, it is", "The following is a fact.", "Q: What is it? A:", "I think", "Everyone knows")
+"""Generic inputs a per-edit block also learns to answer with its target (`contexts` of them). The
+router already decided that an input belongs to the edit; the block should not have to recognise its
+wording again."""
+
+POOLINGS = ("mean", "last")
+METRICS = ("euclidean", "cosine")
+POLICIES = ("split", "voronoi")
+"""split: MELO/GRACE's rules; voronoi: every key a centre, the nearest centre decides (router.py)."""
 
 
 @dataclass
 class MeloConfig:
-    task: str
-    lora_layers: list[str]
-    key_layer: str
+    task: str = "auto"
+    """causal-lm, seq2seq or classification (melo_cli/tasks); auto: from the model's config."""
+    lora_layers: list[str] | None = None
+    """None: the feed-forward layers of the top two blocks."""
+    key_layer: str | None = None
+    """None: the output of the block just below the lowest LoRA block."""
     rank_per_block: int = 4
-    alpha: float = 8.0
+    alpha: float | None = None
+    """None: 2 x rank_per_block."""
     key_pooling: str = "mean"
-    key_source: str = "base"
-    """base: the base model's hidden state at key_layer; encoder: a sentence encoder (key_encoder)."""
+    key_source: str = "auto"
+    """base: the base model's hidden state at key_layer; encoder: a sentence encoder (key_encoder);
+    auto: the default encoder when installed (keys.DEFAULT_ENCODER), else base."""
     key_encoder: str | None = None
-    metric: str = "euclidean"
+    metric: str | None = None
+    """None: cosine with encoder keys, euclidean with base keys."""
     init_radius: float = 0.0
-    """0 until resolved; `--init-radius auto` is resolved from the first edits' keys."""
-    radius_policy: str = "split"
-    """split (MELO/GRACE rules) or voronoi (every key a centre, the nearest centre decides)."""
-    margin: float = 0.0
-    """Route only if every cluster of another label is (1 + margin) times farther (0: off)."""
+    """0: auto, resolved from the first edits' keys."""
+    radius_policy: str | None = None
+    """None: voronoi with encoder keys, split (MELO's rule) with base keys."""
+    margin: float | None = None
+    """Route only if every cluster of another label is (1 + margin) times farther (0: off). None: 0.2
+    with encoder keys, 0 with base keys."""
     block_per: str = "edit"
     """edit: every edit cluster gets its own LoRA block (it never has to tell edits apart, so it can
     learn to give its target from any input the router sends it); batch: one block per batch of
     edits (the MELO paper's layout)."""
     contexts: int = 5
-    """With block_per=edit: each block also learns its target after this many generic contexts
-    (editor.CONTEXTS), so it answers paraphrases and not only the edit's own wording."""
+    """With block_per=edit: each block also learns its target after this many CONTEXTS."""
     lr: float = 1e-2
     max_steps: int | str = "auto"
     """Most optimizer steps per batch, or "auto": 100, extended 100 at a time (up to 1,000) while
@@ -41,38 +65,56 @@ class MeloConfig:
     loss_threshold: float = 0.05
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        wrong = self.problems()
+        if wrong:
+            raise InputError("; ".join(wrong))
+
     def problems(self) -> list[str]:
-        """What is wrong with these settings, one phrase per field (empty: fine). A bundle's config is
-        read like input: a manifest naming an unknown metric or a negative rank is refused, not run."""
-        import math
-
-        from .router import METRICS, POLICIES
-
+        """What is wrong with these settings, one phrase per setting (empty: fine)."""
         def number(value) -> bool:
             return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
-        checks = {
-            "task": isinstance(self.task, str) and bool(self.task),  # the registry checks the name on load
-            "lora_layers": isinstance(self.lora_layers, list) and all(isinstance(n, str) for n in self.lora_layers),
-            "key_layer": isinstance(self.key_layer, str) and bool(self.key_layer),
-            "rank_per_block": isinstance(self.rank_per_block, int) and not isinstance(self.rank_per_block, bool)
-            and self.rank_per_block >= 1,
-            "alpha": number(self.alpha),
-            "key_pooling": self.key_pooling in ("mean", "last"),  # keys.POOLINGS (keys.py imports torch)
-            "key_source": self.key_source in ("base", "encoder"),
-            "key_encoder": self.key_encoder is None or isinstance(self.key_encoder, str),
-            "metric": self.metric in METRICS,
-            "init_radius": number(self.init_radius) and self.init_radius >= 0,
-            "radius_policy": self.radius_policy in POLICIES,
-            "margin": number(self.margin) and self.margin >= 0,
-            "block_per": self.block_per in ("edit", "batch"),
-            "contexts": isinstance(self.contexts, int) and not isinstance(self.contexts, bool) and self.contexts >= 0,
-            "lr": number(self.lr) and self.lr > 0,
-            "max_steps": self.max_steps == "auto" or isinstance(self.max_steps, int) and self.max_steps >= 0,
-            "loss_threshold": number(self.loss_threshold) and self.loss_threshold > 0,
-            "seed": isinstance(self.seed, int),
+        def whole(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def one_of(choices, optional=False) -> tuple:
+            return (lambda v: v in choices or optional and v is None), f"choose one of {', '.join(choices)}"
+
+        rules = {
+            "task": (lambda v: isinstance(v, str) and bool(v), "expected a task name or auto"),
+            "lora_layers": (lambda v: v is None or isinstance(v, list) and all(
+                isinstance(n, str) and n for n in v), "expected a list of module names"),
+            "key_layer": (lambda v: v is None or isinstance(v, str) and bool(v), "expected a module name"),
+            "rank_per_block": (lambda v: whole(v) and v >= 1, "expected a whole number >= 1"),
+            "alpha": (lambda v: v is None or number(v) and v > 0, "expected a finite number > 0"),
+            "key_pooling": one_of(POOLINGS),
+            "key_source": one_of(("auto", "base", "encoder")),
+            "key_encoder": (lambda v: v is None or isinstance(v, str) and bool(v), "expected a path or hub id"),
+            "metric": one_of(METRICS, optional=True),
+            "init_radius": (lambda v: number(v) and v >= 0, "expected auto or a finite number > 0"),
+            "radius_policy": one_of(POLICIES, optional=True),
+            "margin": (lambda v: v is None or number(v) and v >= 0, "expected a finite number >= 0"),
+            "block_per": one_of(("edit", "batch")),
+            "contexts": (lambda v: whole(v) and 0 <= v <= len(CONTEXTS), f"choose 0..{len(CONTEXTS)}"),
+            "lr": (lambda v: number(v) and v > 0, "expected a finite number > 0"),
+            "max_steps": (lambda v: v == "auto" or whole(v) and v >= 0, "expected auto or a whole number >= 0"),
+            "loss_threshold": (lambda v: number(v) and v > 0, "expected a finite number > 0"),
+            "seed": (lambda v: whole(v), "expected a whole number"),
         }
-        return [f"{name} {getattr(self, name)!r}" for name, ok in checks.items() if not ok]
+        out = [f"`{name}` {getattr(self, name)!r}: {expected}" for name, (ok, expected) in rules.items()
+               if not ok(getattr(self, name))]
+        if self.key_source == "base" and self.key_encoder is not None or \
+                self.key_source == "encoder" and self.key_encoder is None:
+            out.append("`key_source` encoder goes with `key_encoder` PATH_OR_ID (and only with it)")
+        return out
+
+    @property
+    def unresolved(self) -> list[str]:
+        """The settings still left to melo (a bundle's config has none)."""
+        left = [name for name in ("lora_layers", "key_layer", "alpha", "metric", "radius_policy", "margin")
+                if getattr(self, name) is None]
+        return (["task"] if self.task == "auto" else []) + (["key_source"] if self.key_source == "auto" else []) + left
 
     def to_dict(self) -> dict:
         return asdict(self)

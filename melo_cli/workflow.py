@@ -7,9 +7,8 @@ cheap: validate input, then load the model, then train, then write atomically.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,44 +21,21 @@ from .config import MeloConfig
 from .edited import EditedModel
 from .edits import Edit, ReadReport, batches, read_edits, read_holdout, triage
 from .errors import BundleError, InputError, Unlearned
-from .editor import CONTEXTS
-from .keys import DEFAULT_ENCODER, POOLINGS, SentenceEncoder, default_encoder_path, encoder_source
+from .keys import DEFAULT_ENCODER, SentenceEncoder, default_encoder_path, encoder_source
 from .locks import bundle_locks
 from .manifest import Manifest
-from .router import METRICS, POLICIES
 
 log = logging.getLogger("melo")
 
 
 @dataclass
 class EditOptions:
-    """What `melo edit` was asked for; None means the default (or the continued bundle's value)."""
+    """How `melo edit` runs; what the bundle is made of is `config` (MeloConfig, checked on creation)."""
 
-    task: str = "auto"
-    lora_layers: list[str] | None = None
-    key_layer: str | None = None
-    rank_per_block: int = 4
-    alpha: float | None = None
-    key_pooling: str = "mean"
-    key_source: str = "auto"
-    """auto: the default sentence encoder when installed (see keys.DEFAULT_ENCODER), else base."""
-    key_encoder: str | None = None
+    config: MeloConfig = field(default_factory=MeloConfig)
     negatives: Path | None = None
     """Inputs whose outputs must not change: their keys cap the radii of edit clusters."""
-    metric: str | None = None
-    """None: cosine with encoder keys, euclidean with base keys."""
-    init_radius: str = "auto"
-    margin: float | None = None
-    """None: 0.2 with encoder keys, 0 with base keys."""
-    radius_policy: str | None = None
-    """None: voronoi with encoder keys, split (MELO's rule) with base keys."""
-    block_per: str = "edit"
-    contexts: int = 5
-    lr: float = 1e-2
-    max_steps: int | str = "auto"
-    loss_threshold: float = 0.05
     batch_size: int = 5
-    seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
     skip_invalid: bool = False
@@ -75,56 +51,22 @@ class EditOptions:
 
 
 def check_options(opts: EditOptions) -> None:
-    """Every setting checked before anything loads; messages name the setting in backticks, which the
-    CLI shows as its --flag (errors.cli_text)."""
-    def bad(name: str, value, expected: str):
-        raise InputError(f"`{name}` {value!r}: {expected}")
-
-    if opts.key_pooling not in POOLINGS:
-        bad("key_pooling", opts.key_pooling, f"choose one of {', '.join(POOLINGS)}")
-    if opts.metric is not None and opts.metric not in METRICS:
-        bad("metric", opts.metric, f"choose one of {', '.join(METRICS)}")
-    if opts.key_source not in ("auto", "base", "encoder"):
-        bad("key_source", opts.key_source, "choose auto, base or encoder")
-    if opts.block_per not in ("edit", "batch"):
-        bad("block_per", opts.block_per, "choose edit or batch")
-    if not isinstance(opts.contexts, int) or not 0 <= opts.contexts <= len(CONTEXTS):
-        bad("contexts", opts.contexts, f"choose 0..{len(CONTEXTS)}")
-    if opts.key_source == "base" and opts.key_encoder is not None or \
-            opts.key_source == "encoder" and opts.key_encoder is None:
-        raise InputError("`key_source` encoder goes with `key_encoder` PATH_OR_ID (and only with it)")
-    if opts.radius_policy is not None and opts.radius_policy not in POLICIES:
-        bad("radius_policy", opts.radius_policy, f"choose one of {', '.join(POLICIES)}")
-    if opts.margin is not None and not (math.isfinite(opts.margin) and opts.margin >= 0):
-        bad("margin", opts.margin, "expected a finite number >= 0")
-    if opts.eval_every < 0:
-        bad("eval_every", opts.eval_every, "expected 0 (off) or a number of batches")
-    if opts.rank_per_block < 1:
-        bad("rank_per_block", opts.rank_per_block, "expected at least 1")
-    if opts.max_steps != "auto" and (not isinstance(opts.max_steps, int) or opts.max_steps < 0):
-        bad("max_steps", opts.max_steps, "expected auto or a whole number >= 0")
-    if not math.isfinite(opts.lr) or opts.lr <= 0:
-        bad("lr", opts.lr, "expected a finite number > 0")
-    if not math.isfinite(opts.loss_threshold) or opts.loss_threshold <= 0:
-        bad("loss_threshold", opts.loss_threshold, "expected a finite number > 0")
-    if opts.init_radius != "auto":
-        try:
-            if not math.isfinite(float(opts.init_radius)) or float(opts.init_radius) <= 0:
-                raise ValueError
-        except (TypeError, ValueError):
-            bad("init_radius", opts.init_radius, "expected 'auto' or a finite number > 0")
+    """The run options the config does not hold, checked before anything loads (the config checks itself)."""
+    if not isinstance(opts.eval_every, int) or opts.eval_every < 0:
+        raise InputError(f"`eval_every` {opts.eval_every!r}: expected 0 (off) or a number of batches")
 
 
-def new_config(backbone: Backbone, opts: EditOptions) -> MeloConfig:
-    """The settings of a new bundle: defaults found from the model's structure, then the user's choices."""
+def new_config(backbone: Backbone, config: MeloConfig) -> MeloConfig:
+    """The settings of a new bundle: the user's choices, and what they left to melo found from the
+    model's structure (a new MeloConfig; the given one is not changed)."""
     model = backbone.model
-    if opts.lora_layers:
-        lora_layers = backbones.resolve_lora_layers(model, opts.lora_layers)
+    if config.lora_layers:
+        lora_layers = backbones.resolve_lora_layers(model, config.lora_layers)
     else:
         lora_layers = backbones.default_lora_layers(model, backbone.task)
-    key_layer = opts.key_layer or backbones.default_key_layer(model, lora_layers)
+    key_layer = config.key_layer or backbones.default_key_layer(model, lora_layers)
     backbones.check_key_below(model, key_layer, lora_layers)
-    source, encoder = opts.key_source, opts.key_encoder
+    source, encoder = config.key_source, config.key_encoder
     if source == "auto":
         encoder = encoder or (DEFAULT_ENCODER if default_encoder_path() is not None else None)
         source = "encoder" if encoder is not None else "base"
@@ -134,17 +76,13 @@ def new_config(backbone: Backbone, opts: EditOptions) -> MeloConfig:
                         "their edit")
     router_defaults = ("cosine", 0.2, "voronoi") if source == "encoder" else ("euclidean", 0.0, "split")
     log.info("%s: LoRA on %s; key from %s", backbone.task, ", ".join(lora_layers), key_layer)
-    return MeloConfig(
-        task=backbone.task, lora_layers=lora_layers, key_layer=key_layer,
-        rank_per_block=opts.rank_per_block,
-        alpha=float(opts.alpha) if opts.alpha is not None else 2.0 * opts.rank_per_block,
-        key_pooling=opts.key_pooling, key_source=source, key_encoder=encoder, metric=opts.metric or router_defaults[0],
-        init_radius=0.0 if opts.init_radius == "auto" else float(opts.init_radius),
-        margin=opts.margin if opts.margin is not None else router_defaults[1],
-        radius_policy=opts.radius_policy or router_defaults[2], block_per=opts.block_per,
-        contexts=opts.contexts if opts.block_per == "edit" else 0,
-        lr=opts.lr, max_steps=opts.max_steps, loss_threshold=opts.loss_threshold, seed=opts.seed,
-    )
+    return replace(
+        config, task=backbone.task, lora_layers=lora_layers, key_layer=key_layer,
+        alpha=float(config.alpha) if config.alpha is not None else 2.0 * config.rank_per_block,
+        key_source=source, key_encoder=encoder, metric=config.metric or router_defaults[0],
+        margin=config.margin if config.margin is not None else router_defaults[1],
+        radius_policy=config.radius_policy or router_defaults[2],
+        contexts=config.contexts if config.block_per == "edit" else 0)
 
 
 def base_info(backbone: Backbone, dtype: str) -> dict:
@@ -251,14 +189,14 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
         if continue_from is None and base is None:
             raise InputError("no base model: name one, or continue a bundle with `bundle`")
         if continue_from is None:  # the task fits the model and the labels exist: before the weights load
-            check_labels(backbones.load_config(base, opts.trust_remote_code), new_edits, edits_path, opts.task)
+            check_labels(backbones.load_config(base, opts.trust_remote_code), new_edits, edits_path, opts.config.task)
         log.info("loading base model %s", base or f"of {continue_from}")
         if continue_from is not None:
             model = MeloModel.from_pretrained(base, bundle=continue_from, device=opts.device, dtype=opts.dtype,
                                               force_base=opts.force_base, trust_remote_code=opts.trust_remote_code)
         else:
-            model = MeloModel.from_pretrained(base, **{f.name: getattr(opts, f.name) for f in fields(EditOptions)
-                                                       if f.name in CONFIG_OPTIONS})
+            model = MeloModel.from_pretrained(base, config=opts.config, device=opts.device, dtype=opts.dtype,
+                                              trust_remote_code=opts.trust_remote_code)
         summary = model.edit(new_edits, batch_size=opts.batch_size, negatives=negatives,
                              allow_partial=opts.allow_partial, on_batch=on_batch, on_plan=on_plan, source=edits_path,
                              eval_every=opts.eval_every, holdout=holdout)
@@ -270,12 +208,6 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
                "skipped_lines": len(report.skipped) if report else 0, "history_rows": len(model.history),
                "seconds": round(time.perf_counter() - started, 3)}
     return EditResult(summary, model.edited)
-
-
-CONFIG_OPTIONS = ("task", "lora_layers", "key_layer", "rank_per_block", "alpha", "key_pooling", "key_source",
-                  "key_encoder", "metric", "init_radius", "margin", "radius_policy", "block_per", "contexts", "lr",
-                  "max_steps", "loss_threshold", "seed", "device", "dtype", "force_base", "trust_remote_code")
-"""The EditOptions that shape a new model and bundle (the rest are about files and the run)."""
 
 
 def sort_new_edits(new_edits: list[Edit], live: list[Edit], edits_path: Path | None) -> list[Edit]:
