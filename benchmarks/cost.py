@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from melo_cli import MeloConfig, backbones, editor, evaluate, workflow  # noqa: E402
-from melo_cli.edited import EditedModel  # noqa: E402
+from melo_cli import MeloConfig, backbones, evaluate, training, workflow  # noqa: E402
+from melo_cli.edited_model import EditedModel  # noqa: E402
 from melo_cli.edits import Edit, Holdout  # noqa: E402
 
 REGIMES = {
@@ -45,7 +45,7 @@ def run_regime(model: str, settings: dict, split: bool, edits: list[Edit], batch
     edited = EditedModel(backbone, config, None, workflow.load_encoder(config, backbone.device, None, False))
     groups = [list(range(i, min(i + batch_size, len(edits)))) for i in range(0, len(edits), batch_size)]
     started = time.perf_counter()
-    result = editor.run(edited, [], edits, groups, split=split)
+    result = training.run(edited, [], edits, groups, split=split)
     return edited, result, time.perf_counter() - started
 
 

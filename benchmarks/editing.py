@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from melo_cli import MeloConfig, MeloModel, backbones, tasks  # noqa: E402
-from melo_cli.edited import EditedModel  # noqa: E402
+from melo_cli.edited_model import EditedModel  # noqa: E402
 from melo_cli.evaluate import produces  # noqa: E402
 from melo_cli.router import auto_radius  # noqa: E402
 

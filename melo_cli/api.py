@@ -22,9 +22,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import backbones, bundle as bundle_io, editor, evaluate
+from . import backbones, bundle as bundle_io, training, evaluate
 from .config import MeloConfig
-from .edited import EditedModel, Prediction
+from .edited_model import EditedModel, Prediction
 from .edits import Edit, Holdout, batches, parse_edit, parse_holdout
 from .errors import InputError, Unlearned
 from .router import Route
@@ -116,7 +116,7 @@ class MeloModel:
 
     # -- editing ------------------------------------------------------------------------------
     def edit(self, edits: Iterable[Edit | dict], *, batch_size: int = 5, negatives: Iterable[str] = (),
-             allow_partial: bool = False, on_batch: Callable[[editor.BatchReport], None] | None = None,
+             allow_partial: bool = False, on_batch: Callable[[training.BatchReport], None] | None = None,
              on_plan: Callable[[int], None] | None = None, eval_every: int = 0,
              holdout: Iterable[Holdout | dict | str] = (), source: Path | None = None) -> dict:
         """Train edits (Edit objects or dicts with input, target and optional rephrases, subject, id),
@@ -140,8 +140,8 @@ class MeloModel:
         snapshot = self._snapshot()
         history: list[dict] = []
         recorder = self._history_recorder(new, groups, kept, history, eval_every, started, on_batch)
-        result = editor.run(self.edited, self.edits, new, groups, recorder, negatives) if new else \
-            editor.RunResult([], [])
+        result = training.run(self.edited, self.edits, new, groups, recorder, negatives) if new else \
+            training.RunResult([], [])
         all_edits = self.edits + new
         try:
             workflow.check_learned(result, all_edits, source, allow_partial, self.config.max_steps)
@@ -163,11 +163,11 @@ class MeloModel:
                 "unrouted_edits": len(lost), "seconds": round(time.perf_counter() - started, 3)}
 
     def _history_recorder(self, new: list[Edit], groups: list[list[int]], holdout: list[Holdout], rows: list[dict],
-                          every: int, started: float, on_batch: Callable | None) -> Callable[[editor.BatchReport], None]:
+                          every: int, started: float, on_batch: Callable | None) -> Callable[[training.BatchReport], None]:
         """An on_batch callback that appends a retention row every `every` batches (teacher-forced)."""
         old = self.live_edits
 
-        def record(report: editor.BatchReport) -> None:
+        def record(report: training.BatchReport) -> None:
             if on_batch is not None:
                 on_batch(report)
             if not every or (report.batch + 1) % every:
@@ -196,7 +196,7 @@ class MeloModel:
         self.edited.router = snapshot["router"]
         self.edited.config = snapshot["config"]
 
-    def _record(self, new: list[Edit], groups: list[list[int]], result: editor.RunResult, all_edits: list[Edit]) -> None:
+    def _record(self, new: list[Edit], groups: list[list[int]], result: training.RunResult, all_edits: list[Edit]) -> None:
         offset = len(self.edits)
         batch_of = {p: (report.batch, report.edit_blocks.get(offset + p, report.block))
                     for report, group in zip(result.reports, groups) for p in group}

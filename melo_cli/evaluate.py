@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from .edited import EditedModel
+from .edited_model import EditedModel
 from .edits import Edit, Holdout
 from .prefix import FrozenPrefix
 from .router import NO_BLOCK, Route

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from .routes import Routes
+from .route_scope import Routes
 
 
 def linear_dims(module: nn.Module) -> tuple[int, int]:

@@ -14,11 +14,11 @@ from typing import Callable
 
 import torch
 
-from . import backbones, bundle as bundle_io, editor
+from . import backbones, bundle as bundle_io, training
 from .api import MeloModel
 from .backbones import Backbone
 from .config import MeloConfig
-from .edited import EditedModel
+from .edited_model import EditedModel
 from .edits import Edit, ReadReport, batches, read_edits, read_holdout, triage
 from .errors import BundleError, InputError, Unlearned
 from .keys import DEFAULT_ENCODER, SentenceEncoder, default_encoder_path, encoder_source
@@ -168,7 +168,7 @@ class EditResult:
 
 
 def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Path | None, opts: EditOptions,
-             on_batch: Callable[[editor.BatchReport], None] | None = None,
+             on_batch: Callable[[training.BatchReport], None] | None = None,
              on_plan: Callable[[int], None] | None = None,
              report: ReadReport | None = None, wait: float = 0.0) -> EditResult:
     """The edit journey of `melo edit`: validate the files and options, lock, load, train, write atomically."""
@@ -238,7 +238,7 @@ def check_labels(config, edits: list[Edit], edits_path: Path | str | None, task:
             raise InputError(exc.reason, field="target", **edit.where(edits_path)) from None
 
 
-def check_learned(result: editor.RunResult, edits: list[Edit], edits_path: Path | str | None, allow_partial: bool,
+def check_learned(result: training.RunResult, edits: list[Edit], edits_path: Path | str | None, allow_partial: bool,
                   max_steps: int | str) -> None:
     """Say which edits a batch left unlearned; refuse them (Unlearned) unless allow_partial."""
     unlearned = result.unlearned

@@ -6,7 +6,7 @@ import torch
 
 from melo_cli import backbones, tasks
 from melo_cli.config import MeloConfig
-from melo_cli.edited import EditedModel
+from melo_cli.edited_model import EditedModel
 from melo_cli.keys import pool
 
 

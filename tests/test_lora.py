@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from melo_cli.lora import BlockLoRA, linear_dims
-from melo_cli.routes import NO_BLOCK, Routes
+from melo_cli.route_scope import NO_BLOCK, Routes
 
 
 def make_layer(n_blocks=3, rank=2, seed=0):

@@ -8,7 +8,7 @@ import torch
 from conftest import load_edits
 from melo_cli import backbones, prefix, tasks
 from melo_cli.config import MeloConfig
-from melo_cli.edited import EditedModel
+from melo_cli.edited_model import EditedModel
 
 
 def _edited(path, task="auto"):
@@ -75,7 +75,7 @@ def test_the_replay_is_checked_after_the_capture_and_a_mismatch_falls_back(llama
 
 
 def test_a_real_batch_is_trained_above_the_frozen_layers(llama_path):
-    from melo_cli import editor
+    from melo_cli import training
 
     edited = _edited(llama_path)
     seen = []
@@ -88,7 +88,7 @@ def test_a_real_batch_is_trained_above_the_frozen_layers(llama_path):
     prefix.FrozenPrefix.replaying = spy
     try:
         edits = load_edits("counterfact-20.jsonl", 5)
-        steps, _, hits = editor.train_block(edited, 0, [e["input"] for e in edits], [e["target"] for e in edits],
+        steps, _, hits = training.train_block(edited, 0, [e["input"] for e in edits], [e["target"] for e in edits],
                                             torch.Generator().manual_seed(0))
     finally:
         prefix.FrozenPrefix.replaying = original

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from melo_cli.router import SHRINK, Router, auto_radius
-from melo_cli.routes import NO_BLOCK
+from melo_cli.route_scope import NO_BLOCK
 
 
 def v(*xs):

@@ -18,7 +18,7 @@ import torch
 
 from . import prefix, tasks
 from .config import CONTEXTS
-from .edited import EditedModel
+from .edited_model import EditedModel
 from .edits import Edit, normalise_input
 from .router import POLICIES, Router, auto_radius
 from .subjects import gate_name

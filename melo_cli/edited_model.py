@@ -22,7 +22,7 @@ from .keys import SentenceEncoder, hidden_of, pool
 from .lora import BlockLoRA
 from .prefix import FrozenPrefix
 from .router import Route, Router
-from .routes import NO_BLOCK, Routes
+from .route_scope import NO_BLOCK, Routes
 
 
 class _KeysTaken(Exception):
