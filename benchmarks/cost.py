@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from melo_cli import MeloConfig, backbones, evaluate, training, workflow  # noqa: E402
+from melo_cli import MeloConfig, backbones, bases, evaluate, training  # noqa: E402
 from melo_cli.edited_model import EditedModel  # noqa: E402
 from melo_cli.edits import Edit, Holdout  # noqa: E402
 
@@ -41,8 +41,8 @@ LABELS = {"melo": "melo (frozen prefix replayed, scored logits only)", "full-pas
 
 def run_regime(model: str, settings: dict, split: bool, edits: list[Edit], batch_size: int, device: str) -> tuple:
     backbone = backbones.load(model, device=device)
-    config = workflow.new_config(backbone, MeloConfig(**settings))
-    edited = EditedModel(backbone, config, None, workflow.load_encoder(config, backbone.device, None, False))
+    config = bases.resolve_config(backbone, MeloConfig(**settings))
+    edited = EditedModel(backbone, config, None, bases.load_encoder(config, backbone.device, None, False))
     groups = [list(range(i, min(i + batch_size, len(edits)))) for i in range(0, len(edits), batch_size)]
     started = time.perf_counter()
     result = training.run(edited, [], edits, groups, split=split)

@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from melo_cli import MeloConfig, MeloModel, backbones, tasks  # noqa: E402
+from melo_cli import MeloConfig, MeloModel, backbones, layers, tasks  # noqa: E402
 from melo_cli.edited_model import EditedModel  # noqa: E402
 from melo_cli.evaluate import produces  # noqa: E402
 from melo_cli.router import auto_radius  # noqa: E402
@@ -121,8 +121,8 @@ class LoraFinetune:
     def __init__(self, device: str, rank: int = 8):
         self.backbone = backbones.load(MODEL, device=device)
         model = self.backbone.model
-        lora = backbones.default_lora_layers(model, "causal-lm")
-        config = MeloConfig(task="causal-lm", lora_layers=lora, key_layer=backbones.default_key_layer(model, lora),
+        lora = layers.default_lora_layers(model, "causal-lm")
+        config = MeloConfig(task="causal-lm", lora_layers=lora, key_layer=layers.default_key_layer(model, lora),
                             rank_per_block=rank, alpha=2.0 * rank, block_per="batch", contexts=0)
         self.edited = EditedModel(self.backbone, config)
         generator = torch.Generator().manual_seed(0)
@@ -165,11 +165,11 @@ class GraceStyle:
 
     def __init__(self, device: str, all_inputs: list[str]):
         self.backbone = backbones.load(MODEL, device=device)
-        lora = backbones.default_lora_layers(self.backbone.model, "causal-lm")  # melo's lowest LoRA block's last layer
-        stack = backbones.block_stacks(self.backbone.model)[-1][0]
-        lowest = min(backbones.block_index(name, stack) for name in lora)
+        lora = layers.default_lora_layers(self.backbone.model, "causal-lm")  # melo's lowest LoRA block's last layer
+        stack = layers.block_stacks(self.backbone.model)[-1][0]
+        lowest = min(layers.block_index(name, stack) for name in lora)
         self.layer = dict(self.backbone.model.named_modules())[
-            [name for name in lora if backbones.block_index(name, stack) == lowest][-1]]
+            [name for name in lora if layers.block_index(name, stack) == lowest][-1]]
         self.keys = torch.zeros(0, self.layer.in_features)
         self.values = torch.zeros(0, self.layer.out_features)
         self.radii, self.labels = [], []

@@ -22,7 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import backbones, bundle as bundle_io, training, evaluate
+from . import backbones, bases, bundle as bundle_io, evaluate, training
 from .config import MeloConfig
 from .edited_model import EditedModel, Prediction
 from .edits import Edit, Holdout, batches, parse_edit, parse_holdout
@@ -60,18 +60,16 @@ class MeloModel:
         what they leave open is chosen from the model. With a bundle, its own settings hold and
         `base` only says where its base model is now.
         """
-        from . import workflow
-
         if bundle is not None:
             if settings or config is not None:
                 raise InputError("a bundle keeps its own settings: pass no config or settings with `bundle`")
             loaded = bundle_io.load(bundle)
-            source = workflow.locate_base(loaded.base, Path(bundle), None if base is None else str(base))
+            source = bases.locate_base(loaded.base, Path(bundle), None if base is None else str(base))
             if dtype == "auto":
                 dtype = loaded.base.get("dtype", "auto")
             backbone = backbones.load(source, loaded.config.task, device, dtype, trust_remote_code)
-            workflow.check_base(backbone, loaded.manifest, force_base)
-            encoder = workflow.load_encoder(loaded.config, backbone.device, loaded.manifest, force_base,
+            bases.check_base(backbone, loaded.manifest, force_base)
+            encoder = bases.load_encoder(loaded.config, backbone.device, loaded.manifest, force_base,
                                             trust_remote_code)
             edited = EditedModel(backbone, loaded.config, loaded.router, encoder)
             try:
@@ -89,9 +87,9 @@ class MeloModel:
         elif settings:
             raise InputError("pass the settings in `config` or as keywords, not both")
         backbone = backbones.load(str(base), config.task, device, dtype, trust_remote_code)
-        info = workflow.base_info(backbone, dtype)  # before LoRA is attached
-        config = workflow.new_config(backbone, config)
-        encoder = workflow.load_encoder(config, backbone.device, None, False, trust_remote_code)
+        info = bases.base_info(backbone, dtype)  # before LoRA is attached
+        config = bases.resolve_config(backbone, config)
+        encoder = bases.load_encoder(config, backbone.device, None, False, trust_remote_code)
         key_encoder = ({"name": config.key_encoder, "fingerprint": backbones.fingerprint(encoder.model)}
                        if encoder is not None else None)
         return cls(EditedModel(backbone, config, None, encoder), info, key_encoder=key_encoder)
@@ -127,12 +125,10 @@ class MeloModel:
         edits, locality on `holdout`) goes to `history`. `on_plan` hears the number of batches,
         `on_batch` each batch's report; `source` names the file the edits came from, for messages.
         Returns a summary dict."""
-        from . import workflow
-
         started = time.perf_counter()
-        new = workflow.sort_new_edits(as_edits(edits, "edits"), self.live_edits, source)
+        new = training.sort_new_edits(as_edits(edits, "edits"), self.live_edits, source)
         groups = batches(new, batch_size)
-        workflow.check_labels(self.model.config, new, source, self.config.task)  # classifiers: labels exist
+        training.check_targets(self.model.config, new, source, self.config.task)  # classifiers: labels exist
         negatives, kept = list(negatives), as_holdout(holdout)
         if on_plan is not None:
             on_plan(len(groups))
@@ -144,7 +140,7 @@ class MeloModel:
             training.RunResult([], [])
         all_edits = self.edits + new
         try:
-            workflow.check_learned(result, all_edits, source, allow_partial, self.config.max_steps)
+            training.check_learned(result, all_edits, source, allow_partial, self.config.max_steps)
         except Unlearned:
             self._restore(snapshot)
             raise

@@ -18,52 +18,15 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
 from rich.table import Table
-from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
+from .cli_style import MeloCommand, MeloGroup, flag, one_line, progress_bar
 from .console import emit_json, exits_cleanly, setup_logging, stderr, stdout
 from .edits import ReadReport
 from .errors import InputError
 
 log = logging.getLogger("melo")
-
-
-def _reflow(text: str) -> str:
-    """Docstring paragraphs as single lines, so --help wraps them at the terminal's width (indented
-    example lines are kept as they are)."""
-    import inspect as _inspect
-
-    paragraphs = _inspect.cleandoc(text).split("\n\n")
-    return "\n\n".join(p if p.startswith("  ") else " ".join(p.split("\n")) for p in paragraphs)
-
-
-class _PlainHelpOption:
-    """No <bool> after --help (typer shows every option's type)."""
-
-    def get_help_option(self, ctx):
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""
-        return option
-
-
-class MeloCommand(_PlainHelpOption, TyperCommand):
-    """Usage lines as people write them (`PROMPTS...`, not typer's `{prompts}...`)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if self.help:
-            self.help = _reflow(self.help)
-
-    def collect_usage_pieces(self, ctx) -> list[str]:
-        return [piece.replace("{", "").replace("}", "") for piece in super().collect_usage_pieces(ctx)]
-
-
-class MeloGroup(_PlainHelpOption, TyperGroup):
-    pass
 
 
 app = typer.Typer(
@@ -80,11 +43,6 @@ app = typer.Typer(
 Device = Annotated[str, typer.Option(help="Where to run: auto (CUDA when present), cpu, cuda or cuda:N.")]
 Dtype = Annotated[str, typer.Option(help="Base model dtype: auto (the bundle's, else the checkpoint's), "
                                           "float32, float16 or bfloat16.")]
-
-
-def flag(name: str, help: str, *short: str):
-    """A boolean option that is only ever switched on: no --no-X twin, no <bool> in --help."""
-    return typer.Option(name, *short, help=help, metavar="")
 
 
 Verbose = Annotated[bool, flag("--verbose", "More log lines on stderr (also before the command).", "-v")]
@@ -215,7 +173,7 @@ def edit(
         skip_invalid=skip_invalid, force_base=force_base, trust_remote_code=trust_remote_code, overwrite=overwrite,
         eval_every=eval_every, locality=locality, allow_partial=allow_partial)
     report = ReadReport()
-    with _progress("editing", "batches") as progress:
+    with progress_bar("editing", "batches") as progress:
         bar = progress.add_task("edit", total=None, note="")
 
         def on_plan(total: int) -> None:
@@ -255,23 +213,11 @@ def _steps(value: str) -> int | str:
     return int(value)
 
 
-def _progress(verb: str, unit: str) -> Progress:
-    """A bar with its count and ETA on stderr; silent where stderr is not a terminal (logs say it there)."""
-    return Progress(TextColumn(f"[bold]{verb}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
-                    console=stderr, transient=False, disable=not stderr.is_terminal)
-
-
 def _read_prompts(prompts: list[str]) -> list[str]:
     if prompts == ["-"]:
         lines = [line.rstrip("\n") for line in sys.stdin]
         return [line for line in lines if line.strip()]
     return prompts
-
-
-def _one_line(text: str) -> str:
-    """A continuation on one line: newlines and tabs shown as \\n and \\t, so one prompt is one record."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
 @app.command(cls=MeloCommand)
@@ -316,7 +262,7 @@ def generate(
                                          trust_remote_code=trust_remote_code)
     else:
         edited = workflow.bare_model(base, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    with _progress("generating", "prompts") as progress:
+    with progress_bar("generating", "prompts") as progress:
         bar = progress.add_task("generate", total=len(texts), note="")
         for start in range(0, len(texts), batch_size):
             chunk = texts[start:start + batch_size]
@@ -333,7 +279,7 @@ def generate(
                     emit_json(record)
                 else:
                     output = pred.label if pred.label is not None else pred.text
-                    sys.stdout.write(f"{_one_line(prompt)} => {_one_line(output)}\n")
+                    sys.stdout.write(f"{one_line(prompt)} => {one_line(output)}\n")
                     sys.stdout.flush()
             progress.update(bar, advance=len(chunk))
 
@@ -393,127 +339,14 @@ def inspect(
     stdout.print(table)
 
 
-def _format_metric(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_format_metric(v)}" for k, v in value.items())
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _print_history(rows: list[dict], json_format: bool) -> None:
-    if json_format:
-        for row in rows:
-            emit_json(row)
-        return
-    table = Table(title="retention over time")
-    for column in ("batches", "edits", "edit_success", "retention", "locality", "seconds"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(*(_format_metric(row.get(c)) for c in ("batches", "edits", "edit_success", "retention",
-                                                              "locality", "seconds")))
-    stdout.print(table)
-
-
-@app.command("eval", cls=MeloCommand)
-@exits_cleanly
-def eval_command(
-    bundle: Annotated[Optional[Path], typer.Option("--bundle", "-b", help="The bundle to evaluate.")] = None,
-    base: Annotated[Optional[str], typer.Option(help="Base model (default: the bundle's). Without --bundle: "
-                                                     "the pre-edit numbers of the bare model.")] = None,
-    edits: Annotated[Optional[Path], typer.Option(help="Edits to score (default: the bundle's own live edits).")] = None,
-    locality: Annotated[Optional[Path], typer.Option(help="Holdout JSONL {\"input\", \"target\"?}: inputs "
-                                                          "whose output must not change.")] = None,
-    mode: Annotated[str, typer.Option(help="teacher-forced, generate or both.")] = "teacher-forced",
-    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
-    min_edit_success: Annotated[Optional[float], typer.Option(help="Gate: exit 3 if edit success is lower.")] = None,
-    min_generality: Annotated[Optional[float], typer.Option(help="Gate: exit 3 if generality is lower.")] = None,
-    min_locality: Annotated[Optional[float], typer.Option(help="Gate: exit 3 if locality is lower.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.")] = 32,
-    history: Annotated[bool, flag("--history", "Print the bundle's retention history instead.")] = False,
-    plot: Annotated[Optional[Path], typer.Option(help="With --history: draw the curves to this PNG "
-                                                      "(needs the 'plot' extra: matplotlib).")] = None,
-    force_base: ForceBase = False,
-    trust_remote_code: TrustRemoteCode = False,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    verbose: Verbose = False,
-    quiet: Quiet = False,
-) -> None:
-    """Score a bundle: edit success, generality, locality, holdout accuracy, perplexity, routing.
-
-    Gates (--min-*) make it a CI check: exit 3 naming the failed gate on stderr. Edits that a
-    later correction superseded are not scored.
-    """
-    _log_options(verbose, quiet)
-    from . import bundle as bundle_io
-    from .edits import read_edits, read_holdout
-    from .errors import GateFailed
-
-    if format not in ("table", "json"):
-        raise InputError(f"--format {format!r}: choose table or json")
-    modes = {"teacher-forced": ["teacher-forced"], "generate": ["generate"],
-             "both": ["teacher-forced", "generate"]}.get(mode)
-    if modes is None:
-        raise InputError(f"--mode {mode!r}: choose teacher-forced, generate or both")
-    if batch_size < 1:
-        raise InputError("--batch-size must be at least 1")
-    if plot is not None:
-        from .plot import check_available
-        check_available()
-    if history or plot is not None:
-        if bundle is None:
-            raise InputError("--history needs --bundle")
-        rows = bundle_io.load(bundle).history
-        if not rows:
-            raise InputError(f"{bundle}: has no history; edit with --eval-every K to record one")
-        _print_history(rows, format == "json")
-        if plot is not None:
-            from .plot import plot_history
-            plot_history(rows, plot)
-        return
-    if bundle is None and base is None:
-        raise InputError("pass --bundle, or --base MODEL with --edits for the pre-edit numbers")
-    if bundle is None and edits is None:
-        raise InputError("--base without --bundle needs --edits")
-    edit_list = read_edits(edits) if edits is not None else None
-    holdout = read_holdout(locality) if locality is not None else []
-    from . import evaluate, workflow
-
-    if bundle is not None:
-        loaded, edited = workflow.open_bundle(bundle, base=base, device=device, dtype=dtype, force_base=force_base,
-                                              trust_remote_code=trust_remote_code)
-        bundle_edits = loaded.edits
-    else:
-        edited = workflow.bare_model(base, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-        bundle_edits = []
-    edit_list = evaluate.live_only(edit_list if edit_list is not None else bundle_edits, bundle_edits)
-    with _progress("evaluating", "inputs") as progress:
-        bar = progress.add_task("eval", total=evaluate.work(edit_list, holdout, modes), note="")
-        result = evaluate.evaluate(edited, edit_list, holdout, modes, batch_size,
-                                   lambda n: progress.update(bar, advance=n), bundle_edits)
-    if format == "json":
-        emit_json(result)
-    else:
-        table = Table(title=f"melo eval ({result['mode']})")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        names = {"perplexity": "perplexity of the edit targets (teacher-forced)"}
-        for key in ("edit_success", "generality", "locality", "holdout_accuracy", "perplexity"):
-            table.add_row(names.get(key, key), _format_metric(result[key]))
-        table.add_row("edits / clusters / blocks", f"{result['n_edits']} / {result['n_clusters']} / {result['n_blocks']}")
-        for name, counts in (result["routing"] or {}).items():
-            table.add_row(f"routed: {name}", ", ".join(f"{k} {v}" for k, v in counts.items()))
-        stdout.print(table)
-    failures = evaluate.gate_failures(result, {"edit_success": min_edit_success, "generality": min_generality,
-                                               "locality": min_locality})
-    if failures:
-        raise GateFailed("gate failed: " + "; ".join(failures))
+from . import cli_eval  # noqa: E402,F401  (registers `melo eval` on app)
 
 
 def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m melo_cli.cli: run the package's module, whose app has every command
+    from melo_cli.cli import main as package_main
+
+    package_main()

@@ -1,7 +1,7 @@
 """MeloConfig: every setting that shapes a bundle, in one dataclass that checks itself (after peft's
 LoraConfig).
 
-A new config may leave choices to melo (task "auto", lora_layers None, ...); `workflow.new_config`
+A new config may leave choices to melo (task "auto", lora_layers None, ...); `bases.resolve_config`
 resolves them from the model's structure. The resolved config is written to the manifest, so a
 continued bundle and every later `generate`/`eval` use the settings the bundle was built with. The
 CLI and the Python API build the same object, so they share one set of checks; a bad value is an

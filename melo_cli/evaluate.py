@@ -208,7 +208,8 @@ def right_block(edited: EditedModel, edit: Edit, route: Route, numbers: dict[tup
 def live_only(edits: list[Edit], bundle_edits: list[Edit]) -> list[Edit]:
     """The edits worth scoring: a later correction of the same input replaces an earlier one, in the
     file and in the bundle (a superseded edit is no longer what the model should say)."""
-    from .edits import normalise_input, triage
+    from .edits import normalise_input
+    from .triage import triage
 
     overridden = {id(e) for e, _ in triage(edits).overridden}
     kept = [e for e in edits if id(e) not in overridden]

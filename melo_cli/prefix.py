@@ -85,7 +85,7 @@ class FrozenPrefix:
 
 def frozen_prefix(model: nn.Module, lora_layers: list[str]) -> FrozenPrefix | None:
     """The prefix that can be replayed for these LoRA layers, or None (then train with full passes)."""
-    from .backbones import block_index, block_stacks
+    from .layers import block_index, block_stacks
 
     stacks = block_stacks(model)
     if not stacks:

@@ -9,8 +9,10 @@ edit is left routed to a block that never learned it; earlier blocks themselves 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -20,8 +22,12 @@ from . import prefix, tasks
 from .config import CONTEXTS
 from .edited_model import EditedModel
 from .edits import Edit, normalise_input
+from .errors import InputError, Unlearned
 from .router import POLICIES, Router, auto_radius
 from .subjects import gate_name
+from .triage import triage
+
+log = logging.getLogger("melo")
 
 
 @dataclass
@@ -235,3 +241,48 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
     lost = [offset + i for i, (e, r) in enumerate(zip(new, routes))
             if offset + i not in superseded and (not r.routed or router.labels[r.cluster] != e.target)]
     return RunResult(reports, lost, superseded)
+
+
+# -- before and after the loop: which edits to train, and whether they were learned ------------
+def sort_new_edits(new_edits: list[Edit], live: list[Edit], edits_path: Path | None) -> list[Edit]:
+    """The edits to train: repeated pairs merged and a file's own corrections resolved, each said once."""
+    sorted_ = triage(new_edits, live)
+    for edit in sorted_.duplicates:
+        log.warning("%s: the same input and target as an earlier edit; merged into it", _where(edits_path, edit))
+    for edit, latest in sorted_.overridden:
+        log.warning("%s: corrected by %s of the same file (same input, target %r); only the later one is kept",
+                    _where(edits_path, edit), _where(None, latest), latest.target)
+    return sorted_.kept
+
+
+def _where(path: Path | None, edit: Edit) -> str:
+    at = f"record {edit.record}" if edit.record is not None else f"line {edit.line}"
+    return f"{path}: {at}" if path is not None else at
+
+
+def check_targets(model_config, edits: list[Edit], edits_path: Path | str | None, task: str) -> None:
+    """The task fits the model (from its config alone, before weights load; a task the model has no form
+    for is refused), and every target is one the task can teach (classifiers: one of its labels)."""
+    from .backbones import task_for
+
+    chosen = tasks.TASKS[task_for(model_config, task)]
+    for edit in edits:
+        try:
+            chosen.check_target(model_config, edit.target)
+        except InputError as exc:
+            raise InputError(exc.reason, field="target", **edit.where(edits_path)) from None
+
+
+def check_learned(result: RunResult, edits: list[Edit], edits_path: Path | str | None, allow_partial: bool,
+                  max_steps: int | str) -> None:
+    """Say which edits a batch left unlearned; refuse them (Unlearned) unless allow_partial."""
+    unlearned = result.unlearned
+    if not unlearned:
+        return
+    names = ", ".join(_where(edits_path, edits[n]) if edits[n].line or edits[n].record else f"edit {n}"
+                      for n in unlearned[:5]) + (f" and {len(unlearned) - 5} more" if len(unlearned) > 5 else "")
+    message = (f"{len(unlearned)} edit(s) not learned within `max_steps` {max_steps} "
+               f"(target not the model's argmax): {names}")
+    if not allow_partial:
+        raise Unlearned(message + "; nothing written: raise `max_steps` or `lr`, or pass `allow_partial`")
+    log.warning("%s; writing the bundle anyway (`allow_partial`)", message)

@@ -95,6 +95,8 @@ def test_the_readme_python_example_runs(llama_path, tmp_path, monkeypatch):
     code = re.search(r"## Python API.*?```python\n(.*?)```", readme, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(code.replace("sample_models/stories260K", str(llama_path)), namespace)
+    exec(code.replace("sample_models/stories260K", str(llama_path)), namespace)  # exactly the README's code
     model = namespace["model"]
-    assert (tmp_path / "bundle" / "manifest.yaml").exists() and len(model.edits) == 2
+    assert (tmp_path / "bundle" / "manifest.yaml").exists() and len(model.edits) == 4
+    routes = model.route(["Ferrari F40, developed by", "Once upon a time"])
+    assert routes[0].routed and routes[1].routed  # the last edit made "Once upon a time" an edit too

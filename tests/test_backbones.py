@@ -43,16 +43,16 @@ def test_bert_family_layer_choice_from_structure(tmp_path):
                                                                             hidden_dim=32)),
     }.items():
         model.save_pretrained(tmp_path / name)
-    from melo_cli import backbones
+    from melo_cli import layers
     from transformers import AutoModelForSequenceClassification
     expect = {"bert": ["bert.encoder.layer.{i}.intermediate.dense", "bert.encoder.layer.{i}.output.dense"],
               "roberta": ["roberta.encoder.layer.{i}.intermediate.dense", "roberta.encoder.layer.{i}.output.dense"],
               "distilbert": ["distilbert.transformer.layer.{i}.ffn.lin1", "distilbert.transformer.layer.{i}.ffn.lin2"]}
     for name, patterns in expect.items():
         model = AutoModelForSequenceClassification.from_pretrained(tmp_path / name)
-        chosen = backbones.default_lora_layers(model, "classification")
+        chosen = layers.default_lora_layers(model, "classification")
         assert chosen == [p.format(i=i) for i in (1, 2) for p in patterns], name
-        assert backbones.default_key_layer(model, chosen).endswith("layer.0")
+        assert layers.default_key_layer(model, chosen).endswith("layer.0")
 
 
 def test_an_unknown_architecture_gets_a_choice_from_its_module_tree(tmp_path):

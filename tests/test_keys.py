@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from melo_cli import backbones, tasks
+from melo_cli import backbones, layers, tasks
 from melo_cli.config import MeloConfig
 from melo_cli.edited_model import EditedModel
 from melo_cli.keys import pool
@@ -25,14 +25,14 @@ def test_pool_ignores_masked_positions():
 @pytest.fixture
 def llama(llama_path):
     backbone = backbones.load(str(llama_path), device="cpu")
-    lora = backbones.default_lora_layers(backbone.model, backbone.task)
+    lora = layers.default_lora_layers(backbone.model, backbone.task)
     return backbone, lora
 
 
 @pytest.mark.parametrize("pooling", ["mean", "last"])
 def test_same_key_padded_left_right_or_not_at_all(llama, pooling):
     backbone, lora = llama
-    config = MeloConfig(task="causal-lm", lora_layers=lora, key_layer=backbones.default_key_layer(backbone.model, lora),
+    config = MeloConfig(task="causal-lm", lora_layers=lora, key_layer=layers.default_key_layer(backbone.model, lora),
                         key_pooling=pooling)
     edited = EditedModel(backbone, config)
     text, longer = "The mother tongue of Danielle Darrieux is", "Once upon a time there was a very long story about a cat"

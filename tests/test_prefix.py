@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from conftest import load_edits
-from melo_cli import backbones, prefix, tasks
+from melo_cli import backbones, layers, prefix, tasks
 from melo_cli.config import MeloConfig
 from melo_cli.edited_model import EditedModel
 
 
 def _edited(path, task="auto"):
     backbone = backbones.load(str(path), task, "cpu")
-    lora = backbones.default_lora_layers(backbone.model, backbone.task)
-    config = MeloConfig(task=backbone.task, lora_layers=lora, key_layer=backbones.default_key_layer(backbone.model, lora))
+    lora = layers.default_lora_layers(backbone.model, backbone.task)
+    config = MeloConfig(task=backbone.task, lora_layers=lora, key_layer=layers.default_key_layer(backbone.model, lora))
     return EditedModel(backbone, config)
 
 

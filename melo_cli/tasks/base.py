@@ -74,6 +74,9 @@ class Task:
     """Greedy decoding emits exactly the target's tokens when each is the argmax after the input and the
     target's earlier tokens (one forward pass decides a generate-mode hit)."""
 
+    def check_target(self, model_config, target: str) -> None:
+        """Raise InputError if `target` cannot be taught to this model (before any weights load)."""
+
     def lora_stacks(self, stacks: list) -> list:
         """Which stacks of blocks get the default LoRA layers: the last (the one that makes the output)."""
         return stacks[-1:]

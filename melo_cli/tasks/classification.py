@@ -28,6 +28,9 @@ class Classification(Task):
     model_types = ("bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2")
     generates = False
 
+    def check_target(self, model_config, target: str) -> None:
+        label_id(model_config, target)
+
     def encode(self, backbone, inputs, targets=None) -> Encoded:
         enc = backbone.tokenizer(list(inputs), padding=True, return_tensors="pt", truncation=True)
         model_inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}

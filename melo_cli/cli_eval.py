@@ -1,0 +1,110 @@
+"""`melo eval`: score a bundle (edit success, generality, locality, retention) with gates for CI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .cli import Device, Dtype, ForceBase, Quiet, TrustRemoteCode, Verbose, _log_options, app
+from .cli_style import MeloCommand, flag, format_metric, print_history, progress_bar
+from .console import emit_json, exits_cleanly, stdout
+from .errors import InputError
+
+
+@app.command("eval", cls=MeloCommand)
+@exits_cleanly
+def eval_command(
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", "-b", help="The bundle to evaluate.")] = None,
+    base: Annotated[Optional[str], typer.Option(help="Base model (default: the bundle's). Without --bundle: "
+                                                     "the pre-edit numbers of the bare model.")] = None,
+    edits: Annotated[Optional[Path], typer.Option(help="Edits to score (default: the bundle's own live edits).")] = None,
+    locality: Annotated[Optional[Path], typer.Option(help="Holdout JSONL {\"input\", \"target\"?}: inputs "
+                                                          "whose output must not change.")] = None,
+    mode: Annotated[str, typer.Option(help="teacher-forced, generate or both.")] = "teacher-forced",
+    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    min_edit_success: Annotated[Optional[float], typer.Option(help="Gate: exit 3 if edit success is lower.")] = None,
+    min_generality: Annotated[Optional[float], typer.Option(help="Gate: exit 3 if generality is lower.")] = None,
+    min_locality: Annotated[Optional[float], typer.Option(help="Gate: exit 3 if locality is lower.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.")] = 32,
+    history: Annotated[bool, flag("--history", "Print the bundle's retention history instead.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="With --history: draw the curves to this PNG "
+                                                      "(needs the 'plot' extra: matplotlib).")] = None,
+    force_base: ForceBase = False,
+    trust_remote_code: TrustRemoteCode = False,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    """Score a bundle: edit success, generality, locality, holdout accuracy, perplexity, routing.
+
+    Gates (--min-*) make it a CI check: exit 3 naming the failed gate on stderr. Edits that a
+    later correction superseded are not scored.
+    """
+    _log_options(verbose, quiet)
+    from . import bundle as bundle_io
+    from .edits import read_edits, read_holdout
+    from .errors import GateFailed
+
+    if format not in ("table", "json"):
+        raise InputError(f"--format {format!r}: choose table or json")
+    modes = {"teacher-forced": ["teacher-forced"], "generate": ["generate"],
+             "both": ["teacher-forced", "generate"]}.get(mode)
+    if modes is None:
+        raise InputError(f"--mode {mode!r}: choose teacher-forced, generate or both")
+    if batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+    if plot is not None:
+        from .plot import check_available
+        check_available()
+    if history or plot is not None:
+        if bundle is None:
+            raise InputError("--history needs --bundle")
+        rows = bundle_io.load(bundle).history
+        if not rows:
+            raise InputError(f"{bundle}: has no history; edit with --eval-every K to record one")
+        print_history(rows, format == "json")
+        if plot is not None:
+            from .plot import plot_history
+            plot_history(rows, plot)
+        return
+    if bundle is None and base is None:
+        raise InputError("pass --bundle, or --base MODEL with --edits for the pre-edit numbers")
+    if bundle is None and edits is None:
+        raise InputError("--base without --bundle needs --edits")
+    edit_list = read_edits(edits) if edits is not None else None
+    holdout = read_holdout(locality) if locality is not None else []
+    from . import evaluate, workflow
+
+    if bundle is not None:
+        loaded, edited = workflow.open_bundle(bundle, base=base, device=device, dtype=dtype, force_base=force_base,
+                                              trust_remote_code=trust_remote_code)
+        bundle_edits = loaded.edits
+    else:
+        edited = workflow.bare_model(base, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        bundle_edits = []
+    edit_list = evaluate.live_only(edit_list if edit_list is not None else bundle_edits, bundle_edits)
+    with progress_bar("evaluating", "inputs") as progress:
+        bar = progress.add_task("eval", total=evaluate.work(edit_list, holdout, modes), note="")
+        result = evaluate.evaluate(edited, edit_list, holdout, modes, batch_size,
+                                   lambda n: progress.update(bar, advance=n), bundle_edits)
+    if format == "json":
+        emit_json(result)
+    else:
+        table = Table(title=f"melo eval ({result['mode']})")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        names = {"perplexity": "perplexity of the edit targets (teacher-forced)"}
+        for key in ("edit_success", "generality", "locality", "holdout_accuracy", "perplexity"):
+            table.add_row(names.get(key, key), format_metric(result[key]))
+        table.add_row("edits / clusters / blocks", f"{result['n_edits']} / {result['n_clusters']} / {result['n_blocks']}")
+        for name, counts in (result["routing"] or {}).items():
+            table.add_row(f"routed: {name}", ", ".join(f"{k} {v}" for k, v in counts.items()))
+        stdout.print(table)
+    failures = evaluate.gate_failures(result, {"edit_success": min_edit_success, "generality": min_generality,
+                                               "locality": min_locality})
+    if failures:
+        raise GateFailed("gate failed: " + "; ".join(failures))
