@@ -20,7 +20,8 @@ EasyEdit data do). A cluster whose members name subjects is a candidate for an i
 input names one of those subjects as a whole (melo_cli/subjects.py); the nearest candidate then
 decides as above.
 
-The centres live in an hnswlib index; everything else is in plain arrays saved with safetensors.
+The rules themselves are radius policies (radius_policies.py: split, voronoi). The centres live in an
+hnswlib index; everything else is in plain arrays saved with safetensors.
 """
 
 from __future__ import annotations
@@ -31,16 +32,11 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from .radius_policies import NEGATIVE, NO_BLOCK, POLICIES, SHRINK, AddResult, auto_radius, distance  # noqa: F401
 from .subjects import passes
 
-NO_BLOCK = -1
-"""The block id of a row that runs the base model alone."""
 
 from .config import METRICS  # noqa: E402  (names the config checks; the distances are here)
-NEGATIVE = "\u0000no-edit"
-"""Label of a negative: an input whose output must not change. Its cluster has no block."""
-SHRINK = 0.999
-"""Split radii are set to SHRINK * d / 2: just under half the distance, so two clusters never touch."""
 SAME_KEY = 1e-3
 """Keys closer than SAME_KEY * r0 are one input as far as routing can tell (float noise of padding and
 batching is about 1e-7 of a key's scale; distinct inputs are at least about r0 apart)."""
@@ -59,65 +55,6 @@ class Route:
     @property
     def routed(self) -> bool:
         return self.block != NO_BLOCK
-
-
-@dataclass
-class AddResult:
-    """What adding one key did: which cluster now holds it and which rule fired."""
-
-    cluster: int
-    rule: str  # "new", "join", "split" or "negative"
-    reassigned: bool = False  # the key joined a cluster of an earlier block, now moved to this one
-    superseded: tuple[int, ...] = ()  # edits at the same key with another label, retired by this one
-
-
-def distance(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    """Distances between rows of a (n, d) and one vector b (d,), in the router's metric."""
-    if metric == "euclidean":
-        return np.linalg.norm(a - b, axis=-1)
-    if metric == "cosine":
-        na = np.linalg.norm(a, axis=-1).clip(min=1e-12)
-        nb = max(float(np.linalg.norm(b)), 1e-12)
-        return 1.0 - (a @ b) / (na * nb)
-    raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-
-
-class SplitPolicy:
-    """MELO/GRACE's rules: a key joins a cluster of its label within reach, and the radii of two labels
-    shrink to just under half their distance; a negative shrinks every edit cluster that covers it."""
-
-    name = "split"
-    auto_fraction = 0.5
-    """The auto radius: half the median gap between edits (radii halve at a split anyway)."""
-
-    def add(self, router: "Router", key: np.ndarray, label: str, block: int, edit: int,
-            subject: str | None) -> "AddResult":
-        return router._add_by_split(key, label, block, edit, subject)
-
-    def clusters_to_clear(self, router: "Router", negative: np.ndarray) -> list[tuple[int, float]]:
-        return router._edit_clusters_covering(negative)
-
-
-class VoronoiPolicy:
-    """Every key is its own centre of radius r0 and nothing shrinks: the nearest centre decides between
-    edits, and negatives (centres with no block) take their own cells."""
-
-    name = "voronoi"
-    auto_fraction = 1.0
-    """The auto radius: the whole median gap between edits (the nearest centre decides, not the radius)."""
-
-    def add(self, router: "Router", key: np.ndarray, label: str, block: int, edit: int,
-            subject: str | None) -> "AddResult":
-        cluster = router._new_cluster(key, label, block, router.init_radius)
-        router._add_member(key, cluster, edit, subject)
-        return AddResult(cluster, "new")
-
-    def clusters_to_clear(self, router: "Router", negative: np.ndarray) -> list[tuple[int, float]]:
-        return []
-
-
-POLICIES = {policy.name: policy for policy in (SplitPolicy(), VoronoiPolicy())}
-"""The radius policies by name, as configs and manifests spell them (config.POLICIES lists the names)."""
 
 
 class Router:
@@ -203,32 +140,6 @@ class Router:
         result.superseded = superseded
         return result
 
-    def _add_by_split(self, key: np.ndarray, label: str, block: int, edit: int, subject: str | None) -> AddResult:
-        """SplitPolicy's add: new, join or split against the nearest cluster (module docstring)."""
-        r0 = self.init_radius
-        clusters, dists = self.nearest(key, 1)
-        if clusters.shape[1] == 0 or dists[0, 0] > self.radii[clusters[0, 0]] + r0:
-            cluster = self._new_cluster(key, label, block, r0)
-            self._add_member(key, cluster, edit, subject)
-            return AddResult(cluster, "new")
-        near, d = int(clusters[0, 0]), float(dists[0, 0])
-        if self.labels[near] == label:
-            self._add_member(key, near, edit, subject)
-            members = self.member_keys[self.member_cluster == near]
-            self.centres[near] = members.mean(0) if self.metric == "euclidean" else _mean_direction(members)
-            self.radii[near] = max(r0, float(distance(members, self.centres[near], self.metric).max()))
-            reassigned = int(self.blocks[near]) != block
-            self.blocks[near] = block
-            self._index_put(near)
-            self._keep_clear_of_negatives(near)
-            return AddResult(near, "join", reassigned)
-        new_radius = min(r0, SHRINK * d / 2.0)
-        for cluster in self._shrink_off(near, key, d):
-            new_radius = min(new_radius, SHRINK * float(distance(self.centres[cluster][None], key, self.metric)[0]) / 2)
-        cluster = self._new_cluster(key, label, block, new_radius)
-        self._add_member(key, cluster, edit, subject)
-        return AddResult(cluster, "split")
-
     def _retire_same_key(self, key: np.ndarray, label: str) -> tuple[int, ...]:
         """Retire the live edit members of another label whose key is this key (a correction)."""
         live = np.flatnonzero(self.member_cluster >= 0)
@@ -263,59 +174,12 @@ class Router:
         stays a centre where it is.
         """
         key = np.asarray(key, np.float32).reshape(self.dim)
-        covering = self.policy.clusters_to_clear(self, key)
+        covering = self.policy.clusters_to_clear(self, key)  # before the negative is a centre itself
         cluster = self._new_cluster(key, NEGATIVE, NO_BLOCK, self.init_radius)
         self._add_member(key, cluster, -1)
         for other, d in covering:
-            self._shrink_off(other, key, d)
+            self.policy.shrink_off(self, other, key, d)
         return AddResult(cluster, "negative")
-
-    def _edit_clusters_covering(self, key: np.ndarray) -> list[tuple[int, float]]:
-        """Edit clusters whose radius covers `key`, among the 64 nearest centres."""
-        clusters, dists = self.nearest(key, 64)
-        return [(int(c), float(d)) for c, d in zip(clusters[0], dists[0])
-                if self.labels[c] != NEGATIVE and d <= self.radii[c]]
-
-    def _keep_clear_of_negatives(self, cluster: int) -> None:
-        """After a cluster grew: shrink it off any negative it now covers."""
-        clusters, dists = self.nearest(self.centres[cluster], 64)
-        for other, d in zip(clusters[0], dists[0]):
-            if self.labels[other] == NEGATIVE and d <= self.radii[cluster]:
-                self._shrink_off(cluster, self.centres[other], float(d))
-
-    def _shrink_off(self, cluster: int, key: np.ndarray, d: float) -> list[int]:
-        """The split rule's shrink: `cluster` (at distance d from `key`) to just under d / 2, and its
-        members left outside get clusters of their own; returns the clusters whose centre moved or was made."""
-        self.radii[cluster] = min(float(self.radii[cluster]), SHRINK * d / 2.0)
-        return self._detach_outside(cluster, key)
-
-    def _detach_outside(self, cluster: int, key: np.ndarray) -> list[int]:
-        """Members left outside a shrunken cluster become clusters of their own (same label and block).
-
-        Their key is then a centre, so the edit still routes to the block that learned it. If no
-        member is left inside, the cluster itself is re-centred on its first member rather than
-        left covering an empty region. Each such cluster keeps clear of `key`, the key causing the
-        split. Returns the clusters whose centre moved or was created.
-        """
-        members = np.flatnonzero(self.member_cluster == cluster)
-        dists = distance(self.member_keys[members], self.centres[cluster], self.metric)
-        outside = [int(m) for m, dm in zip(members, dists) if dm > self.radii[cluster]]
-        if not outside:
-            return []
-        changed = []
-        if len(outside) == len(members):
-            first = outside.pop(0)
-            self.centres[cluster] = self.member_keys[first]
-            self._index_put(cluster)
-            changed.append(cluster)
-        for m in outside:
-            self.member_cluster[m] = self._new_cluster(self.member_keys[m], self.labels[cluster],
-                                                       int(self.blocks[cluster]), self.init_radius)
-            changed.append(int(self.member_cluster[m]))
-        for c in changed:
-            gap = SHRINK * float(distance(self.centres[c][None], key, self.metric)[0]) / 2
-            self.radii[c] = min(float(self.radii[c]), self.init_radius, gap)
-        return changed
 
     def route(self, keys: np.ndarray, texts: list[str] | None = None) -> list[Route]:
         """For each key: the nearest candidate cluster's block when inside its radius, else no block.
@@ -394,28 +258,3 @@ class Router:
         index.set_num_threads(1)
         router.index = index
         return router
-
-
-def _mean_direction(keys: np.ndarray) -> np.ndarray:
-    """Centre of a cosine cluster: the mean of the unit vectors."""
-    unit = keys / np.linalg.norm(keys, axis=1, keepdims=True).clip(min=1e-12)
-    return unit.mean(0).astype(np.float32)
-
-
-def auto_radius(keys: np.ndarray, metric: str, fraction: float = 0.5) -> float:
-    """A starting radius from the keys themselves: `fraction` of the median nearest-neighbour distance.
-
-    Key scales differ by model and layer by orders of magnitude, so no fixed number serves every
-    model; half the typical gap between two distinct edits keeps new clusters from swallowing
-    their neighbours while still covering close rewordings.
-    """
-    keys = np.asarray(keys, np.float32)
-    gaps = np.array([np.sort(distance(np.delete(keys, i, 0), keys[i], metric))[0] for i in range(len(keys))]
-                    if len(keys) > 1 else [])
-    gaps = gaps[gaps > 1e-6]
-    if len(gaps):
-        return float(fraction * np.median(gaps))
-    if metric == "cosine":
-        return 0.05
-    scale = float(np.linalg.norm(keys, axis=-1).mean()) if len(keys) else 0.0
-    return 0.1 * scale if scale > 0 else 1.0
