@@ -69,6 +69,7 @@ class MeloModel:
                 dtype = loaded.base.get("dtype", "auto")
             backbone = backbones.load(source, loaded.config.task, device, dtype, trust_remote_code)
             bases.check_base(backbone, loaded.manifest, force_base)
+            bases.check_bundle_layers(backbone, loaded.config, Path(bundle))
             encoder = bases.load_encoder(loaded.config, backbone.device, loaded.manifest, force_base,
                                             trust_remote_code)
             edited = EditedModel(backbone, loaded.config, loaded.router, encoder)

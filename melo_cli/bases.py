@@ -114,3 +114,17 @@ def check_base(backbone: Backbone, manifest: Manifest, force: bool) -> None:
         if not force:
             raise BundleError(message + "; pass --force-base to apply it anyway")
         log.warning("%s; applying anyway (--force-base)", message)
+
+
+def check_bundle_layers(backbone: Backbone, config: MeloConfig, bundle: Path) -> None:
+    """A bundle's LoRA layers are LoRA-able modules of this model and its key layer sits below them."""
+    from .lora import is_lora_target
+
+    modules = dict(backbone.model.named_modules())
+    for name in config.lora_layers:
+        if name not in modules or not is_lora_target(modules[name]):
+            raise BundleError(f"{bundle}: LoRA layer {name!r} is not a Linear/Conv1D layer of this model")
+    try:
+        layers.check_key_below(backbone.model, config.key_layer, config.lora_layers)
+    except InputError as exc:
+        raise BundleError(f"{bundle}: {exc}") from None

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 
+from . import validate
 from .config import MeloConfig
 from .edits import Edit
 from .errors import BundleError
@@ -216,6 +217,8 @@ def read_manifest(path: Path) -> Manifest:
         raise BundleError(f"{path}: no such bundle")
     if not (path / MANIFEST).is_file():
         raise BundleError(f"{path}: not a melo bundle (no {MANIFEST})")
+    if (path / MANIFEST).is_symlink():
+        raise BundleError(f"{path / MANIFEST}: is a symbolic link; a bundle's files are its own")
     try:
         text = (path / MANIFEST).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -240,6 +243,23 @@ def verify_files(path: Path, manifest: Manifest) -> None:
             raise BundleError(f"{file}: changed since the bundle was written (sha256 mismatch)")
 
 
+def _records(path: Path) -> list[dict]:
+    """The bundle's edits.jsonl: one JSON object with a string input and target per line."""
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{path}:{number}: malformed JSON: {exc.msg}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("input"), str) \
+                or not isinstance(record.get("target"), str):
+            raise BundleError(f"{path}:{number}: expected an object with string 'input' and 'target'")
+        records.append(record)
+    return records
+
+
 def load(path: str | Path) -> Bundle:
     """Read and check a bundle; raises BundleError naming the file at fault."""
     path = Path(path)
@@ -259,8 +279,12 @@ def load(path: str | Path) -> Bundle:
     except Exception as exc:  # safetensors raises several types for damaged files
         raise BundleError(f"{path}: unreadable tensors: {str(exc).splitlines()[0]}") from None
     n_clusters, key_dim = manifest.counts["clusters"], manifest.key_dim
-    if len(labels) != n_clusters or arrays["centres"].shape != (n_clusters, key_dim):
-        raise BundleError(f"{path / CLUSTERS}: holds {len(labels)} clusters, the manifest says {n_clusters}")
+    if not isinstance(labels, list) or len(labels) != n_clusters or "centres" not in arrays \
+            or arrays["centres"].shape != (n_clusters, key_dim):
+        raise BundleError(f"{path / CLUSTERS}: does not hold the {n_clusters} clusters the manifest says")
+    records = _records(path / EDITS)
+    validate.cluster_arrays(arrays, labels, manifest, validate.lora_blocks(lora, manifest, path / LORA),
+                            len(records), path / CLUSTERS)
     dim, count = _index_header(path / INDEX)
     if dim != key_dim or count != n_clusters:
         raise BundleError(f"{path / INDEX}: index of {count} keys of dimension {dim}; the manifest says "
@@ -268,9 +292,12 @@ def load(path: str | Path) -> Bundle:
     if subjects is not None and (not isinstance(subjects, list) or len(subjects) != len(arrays["member_edit"])
                                  or not all(s is None or isinstance(s, str) for s in subjects)):
         raise BundleError(f"{path / CLUSTERS}: 'subjects' does not match the members")
-    router = Router.restore(arrays, labels, path / INDEX, config.metric, config.init_radius, config.margin,
-                            config.radius_policy, subjects)
-    records = [json.loads(line) for line in (path / EDITS).read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        router = Router.restore(arrays, labels, path / INDEX, config.metric, config.init_radius, config.margin,
+                                config.radius_policy, subjects)
+    except RuntimeError as exc:  # hnswlib's own complaint about a damaged index file
+        raise BundleError(f"{path / INDEX}: unreadable index: {str(exc).splitlines()[0]}") from None
+    validate.index_labels(router.index, n_clusters, path / INDEX)
     edits = [Edit(r["input"], r["target"], tuple(r.get("rephrases") or ()), r.get("id"), r.get("batch"), i + 1,
                   superseded=r.get("superseded"), subject=r.get("subject")) for i, r in enumerate(records)]
     history = ([json.loads(line) for line in (path / HISTORY).read_text(encoding="utf-8").splitlines() if line.strip()]

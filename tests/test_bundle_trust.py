@@ -138,3 +138,97 @@ def test_a_manifest_with_invalid_settings_is_refused_in_one_line(good_bundle, tm
     loaded = Manifest.from_yaml((good_bundle / "manifest.yaml").read_text(), good_bundle / "manifest.yaml")
     assert isinstance(loaded.config, MeloConfig) and loaded.config.problems() == []
     assert Manifest.from_yaml(loaded.to_yaml(), good_bundle).to_dict() == loaded.to_dict()  # round trip
+
+
+# -- forged bundles (hashes recomputed): every array is validated on load (melo_cli/validate.py) --------
+def _reseal(bundle) -> None:
+    """Recompute the manifest's sha256 list, as a forger would."""
+    manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
+    manifest["files"] = {name: bundle_io.sha256(bundle / name) for name in manifest["files"]}
+    (bundle / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+
+def _forge_clusters(bundle, change) -> None:
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    path = bundle / "clusters.safetensors"
+    with safe_open(str(path), "np") as f:
+        metadata = f.metadata()
+        arrays = {k: f.get_tensor(k) for k in f.keys()}
+    change(arrays)
+    save_file(arrays, str(path), metadata=metadata)
+
+
+def _forge_lora(bundle, change) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    arrays = load_file(str(bundle / "lora.safetensors"))
+    change(arrays)
+    save_file(arrays, str(bundle / "lora.safetensors"))
+
+
+def _forge_config(bundle, key, value) -> None:
+    manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
+    manifest["config"][key] = value
+    (bundle / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+
+def _set(name, index, value):
+    def change(arrays):
+        arrays[name] = arrays[name].copy()
+        arrays[name][index] = value
+    return change
+
+
+def _index_with_id_past_the_clusters(bundle) -> None:
+    import hnswlib
+
+    arrays = bundle_io.load(bundle).router.arrays()
+    centres = arrays["centres"]
+    index = hnswlib.Index(space="cosine" if "cosine" in (bundle / "manifest.yaml").read_text() else "l2",
+                          dim=centres.shape[1])
+    index.init_index(max_elements=len(centres) + 4)
+    index.add_items(centres, np.arange(len(centres)) + 97)
+    index.save_index(str(bundle / "router.hnsw"))
+
+
+FORGERIES = {
+    "block id out of range": lambda b: _forge_clusters(b, _set("blocks", 0, 99)),
+    "radii shorter than centres": lambda b: _forge_clusters(b, lambda a: a.update(radii=a["radii"][:-1].copy())),
+    "NaN radius": lambda b: _forge_clusters(b, _set("radii", 0, np.nan)),
+    "infinite radii": lambda b: _forge_clusters(b, lambda a: a.update(radii=np.full_like(a["radii"], np.inf))),
+    "NaN in a centre": lambda b: _forge_clusters(b, _set("centres", (0, 0), np.nan)),
+    "member of no cluster": lambda b: _forge_clusters(b, _set("member_cluster", 0, 57)),
+    "member of no edit": lambda b: _forge_clusters(b, _set("member_edit", 0, 1000)),
+    "index id past the clusters": _index_with_id_past_the_clusters,
+    "LoRA pool with zero blocks": lambda b: _forge_lora(b, lambda a: a.update(
+        {k: v[:0].copy() for k, v in a.items()})),
+    "NaN in the LoRA weights": lambda b: _forge_lora(b, lambda a: a.update(
+        {k: np.full_like(v, np.nan) for k, v in a.items()})),
+    "rank_per_block 0": lambda b: _forge_config(b, "rank_per_block", 0),
+    "metric unknown": lambda b: _forge_config(b, "metric", "manhattan"),
+    "key layer above the LoRA layers": lambda b: _forge_config(b, "key_layer", "model.layers.4"),
+    "LoRA on a layer that is not there": lambda b: _forge_config(b, "lora_layers", ["model.nope"]),
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+def test_a_forged_bundle_is_refused_in_one_line(good_bundle, tmp_path, forgery):
+    """Issue 16's reproduced cases: each was an IndexError, ZeroDivisionError or silently wrong output."""
+    bundle = tmp_path / "forged"
+    shutil.copytree(good_bundle, bundle)
+    FORGERIES[forgery](bundle)
+    _reseal(bundle)
+    result = melo("generate", "--bundle", bundle, PROMPT)
+    assert result.exit_code == 2, (forgery, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1].startswith("melo: error: ")
+
+
+def test_a_manifest_that_is_a_symlink_is_refused(good_bundle, tmp_path):
+    bundle = tmp_path / "linked"
+    shutil.copytree(good_bundle, bundle)
+    outside = tmp_path / "elsewhere.yaml"
+    (bundle / "manifest.yaml").rename(outside)
+    (bundle / "manifest.yaml").symlink_to(outside)
+    refused(bundle, "symbolic link")

@@ -1,0 +1,85 @@
+"""A bundle's contents checked like input, on every load.
+
+The sha256 list in the manifest catches accidents, not a forged bundle whose manifest was rewritten to
+match: a bundle is shared like a model file. So before anything is built from it, every array must
+agree with the others and with the manifest (cluster count, key dimension, member count, LoRA pool
+size and rank), every block id must name a block, every number must be finite, and every radius > 0.
+A failure is a BundleError naming the file and what is wrong; nothing here needs the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BundleError
+from .manifest import Manifest
+from .radius_policies import NO_BLOCK
+
+RETIRED = -2  # router.RETIRED: member_cluster of a member a later edit superseded
+
+CLUSTER_ARRAYS = {"centres": 2, "radii": 1, "blocks": 1, "member_keys": 2, "member_cluster": 1, "member_edit": 1}
+
+
+def lora_blocks(lora: dict[str, np.ndarray], manifest: Manifest, where: Path) -> int:
+    """The number of blocks in the LoRA pool, after checking every layer's tensors; BundleError if not."""
+    config = manifest.config
+    sizes = set()
+    for name in config.lora_layers:
+        a, b = lora.get(f"{name}.lora_A"), lora.get(f"{name}.lora_B")
+        if a is None or b is None:
+            raise BundleError(f"{where}: no LoRA tensors for layer {name!r}")
+        if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0] or a.shape[1] != config.rank_per_block \
+                or b.shape[2] != config.rank_per_block:
+            raise BundleError(f"{where}: LoRA tensors of {name!r} have shapes {a.shape} and {b.shape}; expected "
+                              f"(blocks, {config.rank_per_block}, in) and (blocks, out, {config.rank_per_block})")
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+            raise BundleError(f"{where}: LoRA tensors of {name!r} hold NaN or infinite values")
+        sizes.add(int(a.shape[0]))
+    if len(sizes) > 1:
+        raise BundleError(f"{where}: LoRA layers hold different numbers of blocks ({sorted(sizes)})")
+    blocks = sizes.pop() if sizes else 0
+    if blocks != manifest.counts["blocks"]:
+        raise BundleError(f"{where}: holds {blocks} LoRA blocks; the manifest says {manifest.counts['blocks']}")
+    return blocks
+
+
+def cluster_arrays(arrays: dict[str, np.ndarray], labels: list, manifest: Manifest, n_blocks: int,
+                   n_records: int, where: Path) -> None:
+    """The router's arrays agree with each other, the manifest and the LoRA pool; BundleError if not."""
+    for name, ndim in CLUSTER_ARRAYS.items():
+        if name not in arrays or arrays[name].ndim != ndim:
+            raise BundleError(f"{where}: '{name}' is missing or not a {ndim}-d array")
+    n, dim = manifest.counts["clusters"], manifest.key_dim
+    members = len(arrays["member_edit"])
+    shapes = {"centres": (n, dim), "radii": (n,), "blocks": (n,), "member_keys": (members, dim),
+              "member_cluster": (members,)}
+    if "retired" in arrays:
+        shapes["retired"] = (n,)
+    for name, shape in shapes.items():
+        if arrays[name].shape != shape:
+            raise BundleError(f"{where}: '{name}' has shape {arrays[name].shape}; the bundle needs {shape}")
+    if len(labels) != n or not all(isinstance(label, str) for label in labels):
+        raise BundleError(f"{where}: 'labels' must be {n} strings")
+    for name in ("centres", "radii", "member_keys"):
+        if not np.isfinite(arrays[name]).all():
+            raise BundleError(f"{where}: '{name}' holds NaN or infinite values")
+    if n and not (arrays["radii"] > 0).all():
+        raise BundleError(f"{where}: every radius must be > 0")
+    blocks = arrays["blocks"]
+    if not ((blocks == NO_BLOCK) | ((blocks >= 0) & (blocks < n_blocks))).all():
+        raise BundleError(f"{where}: a cluster names a LoRA block outside 0..{n_blocks - 1}")
+    cluster = arrays["member_cluster"]
+    if not ((cluster == RETIRED) | ((cluster >= 0) & (cluster < n))).all():
+        raise BundleError(f"{where}: a member names a cluster outside 0..{n - 1}")
+    edit = arrays["member_edit"]
+    if not ((edit >= -1) & (edit < n_records)).all():
+        raise BundleError(f"{where}: a member names an edit outside the bundle's {n_records} edits")
+
+
+def index_labels(index, n_clusters: int, where: Path) -> None:
+    """Every id in the loaded hnswlib index names a cluster."""
+    ids = np.asarray(index.get_ids_list(), dtype=np.int64)
+    if len(ids) and (ids.min() < 0 or ids.max() >= n_clusters):
+        raise BundleError(f"{where}: the index holds an id outside the {n_clusters} clusters")
