@@ -80,9 +80,15 @@ def task_for(config, task: str) -> str:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"`device` {device!r}: expected auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"`device` {device}: CUDA is not available on this machine")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise InputError(f"`device` {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return chosen
 
 
 def quiet_transformers() -> None:

@@ -214,9 +214,20 @@ def _steps(value: str) -> int | str:
 
 
 def _read_prompts(prompts: list[str]) -> list[str]:
+    """The prompts as given, or with `-` one per line of stdin (which must be UTF-8)."""
     if prompts == ["-"]:
-        lines = [line.rstrip("\n") for line in sys.stdin]
+        lines = []
+        for number, raw in enumerate(sys.stdin.buffer.read().split(b"\n"), 1):
+            try:
+                lines.append(raw.decode("utf-8").rstrip("\r"))
+            except UnicodeDecodeError as exc:
+                raise InputError(f"stdin line {number}: not valid UTF-8 (byte {exc.start + 1})") from None
         return [line for line in lines if line.strip()]
+    for number, prompt in enumerate(prompts, 1):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"prompt {number}: not valid UTF-8") from None
     return prompts
 
 

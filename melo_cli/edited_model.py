@@ -7,6 +7,8 @@ block, and the BlockLoRA layers read that decision from the model's own `Routes`
 
 from __future__ import annotations
 
+import logging
+
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator
@@ -23,6 +25,9 @@ from .lora import BlockLoRA
 from .prefix import FrozenPrefix
 from .router import Route, Router
 from .route_scope import NO_BLOCK, Routes
+
+
+log = logging.getLogger("melo")
 
 
 class _KeysTaken(Exception):
@@ -193,7 +198,7 @@ class EditedModel:
     def predict(self, inputs: list[str], max_new_tokens: int = 20, route: bool = True) -> list[Prediction]:
         """Greedy text (causal LM, seq2seq) or label (classification) for each input."""
         backbone = self.backbone
-        enc = tasks.encode(backbone, inputs).to(backbone.device)
+        enc = _fit_positions(backbone, tasks.encode(backbone, inputs), max_new_tokens).to(backbone.device)
         scope = self.routed(enc.key_mask, inputs) if route else _no_routes(len(inputs))
         task = self.task
         with scope as found:
@@ -235,6 +240,23 @@ class EditedModel:
                                  f"the model needs (*, {layer.rank}, {layer.in_features}), (*, {layer.out_features}, {layer.rank})")
             layer.lora_A = a.to(layer.lora_A.device, torch.float32)
             layer.lora_B = b.to(layer.lora_B.device, torch.float32)
+
+
+def _fit_positions(backbone: Backbone, enc: tasks.Encoded, max_new_tokens: int) -> tasks.Encoded:
+    """Left-padded causal prompts cut from the left so that prompt + new tokens fit the model's
+    positions (GPT-2 has 1,024 and fails past them); said once per call on stderr."""
+    config = backbone.model.config
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    width = enc.inputs["input_ids"].shape[1] if "input_ids" in enc.inputs else 0
+    if not tasks.task_of(backbone).prompts_share_positions or not limit or width + max_new_tokens <= limit:
+        return enc
+    keep = max(limit - max_new_tokens, 1)
+    log.warning("prompt of %d tokens cut to its last %d: the model reads at most %d positions, %d of them "
+                "for new tokens", width, keep, limit, max_new_tokens)
+    mask = enc.inputs["attention_mask"][:, -keep:]
+    inputs = {"input_ids": enc.inputs["input_ids"][:, -keep:], "attention_mask": mask,
+              "position_ids": tasks.positions(mask)}
+    return tasks.Encoded(inputs, enc.key_mask[:, -keep:])
 
 
 def _stop_with_keys(keys: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import string
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from helpers import melo
+from helpers import json_lines, melo
 from melo_cli.edits import Edit, read_edits, read_holdout
 from melo_cli.errors import InputError
 
@@ -157,3 +157,25 @@ def test_reader_returns_edits_or_raises_input_error_for_any_bytes(data, tmp_path
     except InputError:
         return
     assert all(isinstance(e, Edit) for e in edits)
+
+
+def test_a_device_melo_cannot_use_is_a_one_line_exit_2(llama_path, tmp_path):
+    for device in ("tpu", "cuda:7", "gpu0"):
+        result = melo("generate", "--base", llama_path, "--device", device, "hello")
+        assert result.exit_code == 2 and "--device" in result.stderr and "Traceback" not in result.stderr, device
+
+
+def test_stdin_prompts_that_are_not_utf8_name_the_line(llama_path):
+    result = melo("generate", "--base", llama_path, "-", input=b"fine\ncaf\xe9 au lait\n")
+    assert result.exit_code == 2 and "stdin line 2" in result.stderr and "UTF-8" in result.stderr
+
+
+def test_a_prompt_longer_than_the_models_positions_is_cut_from_the_left(gpt2_path):
+    """Tiny GPT-2 with 256 learned positions: a 600-token prompt was an IndexError; now it keeps its last
+    tokens, says so on stderr, and generates."""
+    long_prompt = "word " * 600
+    result = melo("generate", "--base", gpt2_path, "--max-new-tokens", "4", "--json", long_prompt)
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "cut to its last 252" in said and "at most 256 positions" in said
+    assert json_lines(result.stdout)[0]["text"] is not None

@@ -71,6 +71,9 @@ class Task:
     perplexity = False
     """Target perplexity is meaningful (a language model over the target)."""
     greedy_is_teacher_forced = False
+    prompts_share_positions = False
+    """Prompt and generated tokens share the model's positions (a decoder-only model): a prompt too long
+    for them is cut from the left before generating."""
     """Greedy decoding emits exactly the target's tokens when each is the argmax after the input and the
     target's earlier tokens (one forward pass decides a generate-mode hit)."""
 

@@ -40,6 +40,7 @@ class CausalLM(Task):
     model_types = ("gpt2", "llama", "qwen2", "mistral", "gpt_neox", "opt")
     perplexity = True
     greedy_is_teacher_forced = True
+    prompts_share_positions = True
 
     def encode(self, backbone, inputs, targets=None) -> Encoded:
         """Prompts alone are left-padded (for generation); prompt + target rows are right-padded, with
