@@ -144,6 +144,14 @@ def load_config(source: str, trust_remote_code: bool = False):
         raise InputError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from None
 
 
+def _check_weights_format(source: str) -> None:
+    """A local folder must hold safetensors weights: pickled ones (pytorch_model.bin) can run code."""
+    folder = Path(source)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+        raise InputError(f"{source}: holds pickled weights (*.bin) only; melo loads safetensors weights, which "
+                         f"cannot run code (convert with transformers: model.save_pretrained(dir))")
+
+
 def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "auto",
          trust_remote_code: bool = False) -> Backbone:
     """Load model and tokenizer with from_pretrained (a local folder or a hub id) for `task`."""
@@ -153,6 +161,7 @@ def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "au
 
     given = source
     source, gguf_record = readable_source(source, trust_remote_code)  # also quiets transformers
+    _check_weights_format(source)
     config = load_config(source, trust_remote_code)
     task = task_for(config, task)
     auto = getattr(transformers, TASKS[task].auto_model)

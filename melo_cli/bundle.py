@@ -207,7 +207,10 @@ def _index_header(path: Path) -> tuple[int, int]:
         head = f.read(48)
     if len(head) < 48:
         raise BundleError(f"{path}: the router index is truncated")
-    _offset_level0, _max_elements, count, _size_per_element, label_offset, offset_data = struct.unpack("<6Q", head)
+    _offset_level0, max_elements, count, size_per_element, label_offset, offset_data = struct.unpack("<6Q", head)
+    if count > max_elements or not offset_data < label_offset <= size_per_element < 1 << 24 \
+            or path.stat().st_size < 48 + count * size_per_element:
+        raise BundleError(f"{path}: the router index header does not describe this file")
     return (label_offset - offset_data) // 4, count
 
 

@@ -190,6 +190,8 @@ def _records(path: Path) -> list[tuple[dict, object | InputError]]:
             out.append((where, InputError(f"malformed JSON: {exc.msg} at column {exc.colno}", **where)))
         except RecursionError:
             out.append((where, InputError("malformed JSON: nested too deeply", **where)))
+        except ValueError as exc:  # e.g. an integer of more digits than Python converts (4,300)
+            out.append((where, InputError(f"unreadable JSON value: {str(exc).splitlines()[0]}", **where)))
     if not out:
         raise InputError("is empty: expected one JSON object per line", file=path)
     return out
@@ -208,6 +210,8 @@ def _array_records(path: Path, raw: bytes) -> list[tuple[dict, object]]:
         raise InputError(f"malformed JSON: {exc.msg} at column {exc.colno}", file=path, line=exc.lineno) from None
     except RecursionError:
         raise InputError("malformed JSON: nested too deeply", file=path) from None
+    except ValueError as exc:
+        raise InputError(f"unreadable JSON value: {str(exc).splitlines()[0]}", file=path) from None
     if not isinstance(values, list) or not values:
         raise InputError("is an empty JSON array: expected records", file=path)
     return [({"file": path, "record": i}, value) for i, value in enumerate(values, start=1)]

@@ -179,3 +179,21 @@ def test_a_prompt_longer_than_the_models_positions_is_cut_from_the_left(gpt2_pat
     said = " ".join(result.stderr.split())
     assert "cut to its last 252" in said and "at most 256 positions" in said
     assert json_lines(result.stdout)[0]["text"] is not None
+
+
+def test_an_id_of_5000_digits_is_a_line_error(llama_path, tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"input": "a", "target": "b", "id": ' + "7" * 5000 + "}\n")
+    result = melo("edit", llama_path, path, "-o", tmp_path / "out")
+    assert result.exit_code == 2 and f"{path}:1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_folder_with_pickled_weights_only_is_refused_in_melos_words(llama_path, tmp_path):
+    import shutil
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(llama_path, folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.rename(weights.with_name("pytorch_model.bin"))
+    result = melo("generate", "--base", folder, "hello")
+    assert result.exit_code == 2 and "safetensors" in result.stderr and "Unpickling" not in result.stderr

@@ -232,3 +232,18 @@ def test_a_manifest_that_is_a_symlink_is_refused(good_bundle, tmp_path):
     (bundle / "manifest.yaml").rename(outside)
     (bundle / "manifest.yaml").symlink_to(outside)
     refused(bundle, "symbolic link")
+
+
+def test_an_index_header_that_does_not_describe_its_file_is_refused(good_bundle, tmp_path):
+    import struct
+
+    bundle = tmp_path / "header"
+    shutil.copytree(good_bundle, bundle)
+    path = bundle / "router.hnsw"
+    data = bytearray(path.read_bytes())
+    fields = list(struct.unpack("<6Q", bytes(data[:48])))
+    fields[3] = 1 << 40  # size per element: far past the file
+    data[:48] = struct.pack("<6Q", *fields)
+    path.write_bytes(bytes(data))
+    _reseal(bundle)
+    refused(bundle, "router.hnsw")
