@@ -15,9 +15,13 @@ import numpy as np
 
 from .errors import BundleError
 from .manifest import Manifest
-from .radius_policies import NO_BLOCK
+from .radius_policies import NEGATIVE, NO_BLOCK
 
 RETIRED = -2  # router.RETIRED: member_cluster of a member a later edit superseded
+
+MAX_WEIGHT = 1e4
+"""No trained LoRA weight comes near this (they are initialised at about 1/sqrt(in_features) and trained
+for tens of steps); a forged one would overflow every routed activation."""
 
 CLUSTER_ARRAYS = {"centres": 2, "radii": 1, "blocks": 1, "member_keys": 2, "member_cluster": 1, "member_edit": 1}
 
@@ -36,6 +40,8 @@ def lora_blocks(lora: dict[str, np.ndarray], manifest: Manifest, where: Path) ->
                               f"(blocks, {config.rank_per_block}, in) and (blocks, out, {config.rank_per_block})")
         if not (np.isfinite(a).all() and np.isfinite(b).all()):
             raise BundleError(f"{where}: LoRA tensors of {name!r} hold NaN or infinite values")
+        if max(float(np.abs(a).max(initial=0)), float(np.abs(b).max(initial=0))) > MAX_WEIGHT:
+            raise BundleError(f"{where}: LoRA tensors of {name!r} hold values beyond {MAX_WEIGHT:g} (not trained weights)")
         sizes.add(int(a.shape[0]))
     if len(sizes) > 1:
         raise BundleError(f"{where}: LoRA layers hold different numbers of blocks ({sorted(sizes)})")
@@ -67,6 +73,7 @@ def cluster_arrays(arrays: dict[str, np.ndarray], labels: list, manifest: Manife
             raise BundleError(f"{where}: '{name}' holds NaN or infinite values")
     if n and not (arrays["radii"] > 0).all():
         raise BundleError(f"{where}: every radius must be > 0")
+    _radii_cover_only_their_members(arrays, manifest, where)
     blocks = arrays["blocks"]
     if not ((blocks == NO_BLOCK) | ((blocks >= 0) & (blocks < n_blocks))).all():
         raise BundleError(f"{where}: a cluster names a LoRA block outside 0..{n_blocks - 1}")
@@ -76,6 +83,27 @@ def cluster_arrays(arrays: dict[str, np.ndarray], labels: list, manifest: Manife
     edit = arrays["member_edit"]
     if not ((edit >= -1) & (edit < n_records)).all():
         raise BundleError(f"{where}: a member names an edit outside the bundle's {n_records} edits")
+    negative = np.array([label == NEGATIVE for label in labels], dtype=bool)
+    if n and not np.array_equal(negative, blocks == NO_BLOCK):
+        raise BundleError(f"{where}: a cluster's block and label disagree (only negatives have no block)")
+    retired = arrays["retired"].astype(bool) if "retired" in arrays else np.zeros(n, bool)
+    held = np.bincount(cluster[cluster >= 0], minlength=n) if n else np.zeros(0, np.int64)
+    if n and not np.array_equal(held > 0, ~retired):
+        raise BundleError(f"{where}: a live cluster without members, or a retired one with members")
+
+
+def _radii_cover_only_their_members(arrays: dict[str, np.ndarray], manifest: Manifest, where: Path) -> None:
+    """A radius is never wider than the init radius or its farthest member (the rules only shrink below
+    that): a forged huge radius would route every input to one edit."""
+    from .radius_policies import distance
+
+    config, cluster = manifest.config, arrays["member_cluster"]
+    for c, radius in enumerate(arrays["radii"]):
+        members = arrays["member_keys"][cluster == c]
+        reach = float(distance(members, arrays["centres"][c], config.metric).max()) if len(members) else 0.0
+        if radius > max(config.init_radius, reach) * (1 + 1e-4) + 1e-6:
+            raise BundleError(f"{where}: cluster {c} has radius {float(radius):.4g}, wider than the init radius "
+                              f"{config.init_radius:.4g} and its farthest member ({reach:.4g})")
 
 
 def index_labels(index, n_clusters: int, where: Path) -> None:
