@@ -21,41 +21,13 @@ import typer
 from rich.table import Table
 
 from . import __version__
-from .cli_style import MeloCommand, MeloGroup, flag, one_line, progress_bar
+from .cli_app import (Device, Dtype, ForceBase, MeloCommand, Quiet, TrustRemoteCode, Verbose, app, flag,
+                      log_options, one_line, progress_bar)
 from .console import emit_json, exits_cleanly, setup_logging, stderr, stdout
 from .edits import ReadReport
 from .errors import InputError
 
 log = logging.getLogger("melo")
-
-
-app = typer.Typer(
-    name="melo",
-    cls=MeloGroup,
-    help="Lifelong model editing with MELO: neuron-indexed dynamic LoRA and an hnswlib router.\n\n"
-         "Edit a Hugging Face model with a JSONL file of corrections, get a bundle, apply it.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-Device = Annotated[str, typer.Option(help="Where to run: auto (CUDA when present), cpu, cuda or cuda:N.")]
-Dtype = Annotated[str, typer.Option(help="Base model dtype: auto (the bundle's, else the checkpoint's), "
-                                          "float32, float16 or bfloat16.")]
-
-
-Verbose = Annotated[bool, flag("--verbose", "More log lines on stderr (also before the command).", "-v")]
-Quiet = Annotated[bool, flag("--quiet", "Only warnings and errors on stderr (also before the command).", "-q")]
-TrustRemoteCode = Annotated[bool, flag("--trust-remote-code",
-                                       "Allow the model's own Python code (off: nothing loaded runs code).")]
-ForceBase = Annotated[bool, flag("--force-base", "Apply the bundle even if the base fingerprint differs.")]
-
-
-def _log_options(verbose: bool, quiet: bool) -> None:
-    """-v / -q given after the command name: the same as before it."""
-    if verbose or quiet:
-        setup_logging(verbose, quiet)
 
 
 def _version(value: bool) -> None:
@@ -153,7 +125,7 @@ def edit(
 
       melo edit sample_edits/zsre-20.jsonl --bundle bundle/ -o bundle-v2/
     """
-    _log_options(verbose, quiet)
+    log_options(verbose, quiet)
     from . import workflow
 
     if edits is None and base is not None and bundle is not None:
@@ -256,7 +228,7 @@ def generate(
     prompt, `PROMPT => CONTINUATION` (newlines in the continuation written as a backslash and
     n); --json adds the route.
     """
-    _log_options(verbose, quiet)
+    log_options(verbose, quiet)
     if max_new_tokens < 1:
         raise InputError(f"--max-new-tokens {max_new_tokens}: must be at least 1")
     if batch_size < 1:
@@ -308,7 +280,7 @@ def inspect(
     quiet: Quiet = False,
 ) -> None:
     """Summarise a bundle's manifest (checked), or show the layers melo would choose for a model."""
-    _log_options(verbose, quiet)
+    log_options(verbose, quiet)
     from . import bundle as bundle_io
 
     if (bundle is None) == (model is None):

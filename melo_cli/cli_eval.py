@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .cli import Device, Dtype, ForceBase, Quiet, TrustRemoteCode, Verbose, _log_options, app
-from .cli_style import MeloCommand, flag, format_metric, print_history, progress_bar
+from .cli_app import (Device, Dtype, ForceBase, MeloCommand, Quiet, TrustRemoteCode, Verbose, app, flag,
+                      format_metric, log_options, print_history, progress_bar)
 from .console import emit_json, exits_cleanly, stdout
 from .errors import InputError
 
@@ -44,7 +44,7 @@ def eval_command(
     Gates (--min-*) make it a CI check: exit 3 naming the failed gate on stderr. Edits that a
     later correction superseded are not scored.
     """
-    _log_options(verbose, quiet)
+    log_options(verbose, quiet)
     from . import bundle as bundle_io
     from .edits import read_edits, read_holdout
     from .errors import GateFailed

@@ -1,6 +1,9 @@
-"""How the `melo` command looks: help text, flags, progress bars and tables (cli.py has the commands)."""
+"""The `melo` typer app and how it looks: help text, the options every command shares, progress bars and
+tables. The commands live in cli.py and cli_eval.py, which both import from here (no import circle)."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -8,7 +11,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
-from .console import emit_json, stderr, stdout
+from .console import emit_json, setup_logging, stderr, stdout
 
 
 def reflow(text: str) -> str:
@@ -83,3 +86,32 @@ def print_history(rows: list[dict], json_format: bool) -> None:
         table.add_row(*(format_metric(row.get(c)) for c in ("batches", "edits", "edit_success", "retention",
                                                               "locality", "seconds")))
     stdout.print(table)
+
+
+app = typer.Typer(
+    name="melo",
+    cls=MeloGroup,
+    help="Lifelong model editing with MELO: neuron-indexed dynamic LoRA and an hnswlib router.\n\n"
+         "Edit a Hugging Face model with a JSONL file of corrections, get a bundle, apply it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+Device = Annotated[str, typer.Option(help="Where to run: auto (CUDA when present), cpu, cuda or cuda:N.")]
+Dtype = Annotated[str, typer.Option(help="Base model dtype: auto (the bundle's, else the checkpoint's), "
+                                          "float32, float16 or bfloat16.")]
+
+
+Verbose = Annotated[bool, flag("--verbose", "More log lines on stderr (also before the command).", "-v")]
+Quiet = Annotated[bool, flag("--quiet", "Only warnings and errors on stderr (also before the command).", "-q")]
+TrustRemoteCode = Annotated[bool, flag("--trust-remote-code",
+                                       "Allow the model's own Python code (off: nothing loaded runs code).")]
+ForceBase = Annotated[bool, flag("--force-base", "Apply the bundle even if the base fingerprint differs.")]
+
+
+def log_options(verbose: bool, quiet: bool) -> None:
+    """-v / -q given after the command name: the same as before it."""
+    if verbose or quiet:
+        setup_logging(verbose, quiet)
