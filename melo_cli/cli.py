@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from . import __version__
 from .cli_app import (Device, Dtype, ForceBase, MeloCommand, Quiet, TrustRemoteCode, Verbose, app, flag,
                       log_options, one_line, progress_bar)
-from .console import emit_json, exits_cleanly, setup_logging, stderr, stdout
+from .console import emit_json, exits_cleanly, setup_logging, stderr
 from .edits import ReadReport
 from .errors import InputError
 
@@ -267,62 +266,7 @@ def generate(
             progress.update(bar, advance=len(chunk))
 
 
-@app.command(cls=MeloCommand)
-@exits_cleanly
-def inspect(
-    bundle: Annotated[Optional[Path], typer.Argument(help="Bundle directory to summarise.", show_default=False,
-                                                     metavar="BUNDLE")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Instead: show the task, LoRA layers and key layer "
-                                                                 "melo would choose for this base model.")] = None,
-    json_out: Annotated[bool, flag("--json", "Print JSON instead of a table.")] = False,
-    task: Annotated[str, typer.Option(help="With --model: auto, causal-lm, seq2seq or classification.")] = "auto",
-    verbose: Verbose = False,
-    quiet: Quiet = False,
-) -> None:
-    """Summarise a bundle's manifest (checked), or show the layers melo would choose for a model."""
-    log_options(verbose, quiet)
-    from . import bundle as bundle_io
-
-    if (bundle is None) == (model is None):
-        raise InputError("give a BUNDLE directory or --model BASE (one of them)")
-    if model is not None:
-        from . import workflow
-        info = workflow.plan(model, task)
-        if json_out:
-            emit_json(info)
-            return
-        table = Table(title=f"melo's choice for {model}", show_header=False)
-        table.add_row("task", info["task"])
-        table.add_row("blocks", ", ".join(f"{s['name']} ({s['blocks']})" for s in info["stacks"]))
-        table.add_row("LoRA layers", "\n".join(info["lora_layers"]))
-        table.add_row("key layer", info["key_layer"])
-        stdout.print(table)
-        return
-    loaded = bundle_io.load(bundle)
-    manifest = loaded.manifest.to_dict()
-    info = {"bundle": str(bundle), "base_model": manifest["base_model"], "counts": manifest["counts"],
-            "config": manifest["config"], "key_dim": manifest["key_dim"], "melo_version": manifest["melo_version"],
-            "created": manifest["created"], "files": manifest["files"]}
-    if json_out:
-        emit_json(info)
-        return
-    config, counts = manifest["config"], manifest["counts"]
-    table = Table(title=f"melo bundle {bundle}", show_header=False)
-    table.add_row("base model", f"{manifest['base_model']['name']} ({manifest['base_model']['architecture']})")
-    fingerprint = manifest["base_model"]["fingerprint"]
-    table.add_row("fingerprint", str(fingerprint.get("structure") if isinstance(fingerprint, dict) else fingerprint)[:16])
-    table.add_row("task", config["task"])
-    table.add_row("edits / batches", f"{counts['edits']} ({counts.get('live_edits', counts['edits'])} live) / "
-                                     f"{counts['batches']}")
-    table.add_row("LoRA", f"{counts['blocks']} blocks x {config['rank_per_block']} ranks on {len(config['lora_layers'])} layers")
-    table.add_row("LoRA layers", "\n".join(config["lora_layers"]))
-    table.add_row("router", f"{counts['clusters']} clusters; key {config['key_layer']} ({config['key_pooling']}, "
-                            f"{config['metric']}, dim {manifest['key_dim']}); init radius {config['init_radius']:.4g}")
-    table.add_row("made", f"melo {manifest['melo_version']}, {manifest['created']}")
-    stdout.print(table)
-
-
-from . import cli_eval  # noqa: E402,F401  (registers `melo eval` on app)
+from . import cli_eval, cli_inspect  # noqa: E402,F401  (register `melo eval` and `melo inspect` on app)
 
 
 def main() -> None:
