@@ -144,6 +144,20 @@ def load_config(source: str, trust_remote_code: bool = False):
         raise InputError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from None
 
 
+def skeleton(config, task: str) -> nn.Module | None:
+    """The model's module tree built from its config on the meta device (no weights, no memory), for
+    checking layer names before the weights load; None where the config cannot be built that way."""
+    import transformers
+
+    from .tasks import TASKS
+
+    try:
+        with torch.device("meta"):
+            return getattr(transformers, TASKS[task_for(config, task)].auto_model).from_config(config)
+    except Exception:  # remote code, an unusual config: the check after loading still holds
+        return None
+
+
 def _check_weights_format(source: str) -> None:
     """A local folder must hold safetensors weights: pickled ones (pytorch_model.bin) can run code."""
     folder = Path(source)

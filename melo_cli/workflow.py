@@ -88,9 +88,10 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
             log.info("removed %s, left by a killed run", stale)
         if continue_from is None and base is None:
             raise InputError("no base model: name one, or continue a bundle with `bundle`")
-        if continue_from is None:  # the task fits the model and the labels exist: before the weights load
-            training.check_targets(backbones.load_config(base, opts.trust_remote_code), new_edits, edits_path,
-                                   opts.config.task)
+        if continue_from is None:  # the task fits, the labels exist, the layers are there: before weights load
+            model_config = backbones.load_config(base, opts.trust_remote_code)
+            training.check_targets(model_config, new_edits, edits_path, opts.config.task)
+            _check_layer_names(model_config, opts.config)
         log.info("loading base model %s", base or f"of {continue_from}")
         if continue_from is not None:
             model = MeloModel.from_pretrained(base, bundle=continue_from, device=opts.device, dtype=opts.dtype,
@@ -109,6 +110,19 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
                "skipped_lines": len(report.skipped) if report else 0, "history_rows": len(model.history),
                "seconds": round(time.perf_counter() - started, 3)}
     return EditResult(summary, model.edited)
+
+
+def _check_layer_names(model_config, config: MeloConfig) -> None:
+    """Asked-for LoRA and key layers exist in the model's module tree (built from its config alone)."""
+    if not config.lora_layers and not config.key_layer:
+        return
+    tree = backbones.skeleton(model_config, config.task)
+    if tree is None:
+        return
+    chosen = (layers.resolve_lora_layers(tree, config.lora_layers) if config.lora_layers
+              else layers.default_lora_layers(tree, backbones.task_for(model_config, config.task)))
+    if config.key_layer:
+        layers.check_key_below(tree, config.key_layer, chosen)
 
 
 def bare_model(source: str, *, task: str = "auto", device: str = "auto", dtype: str = "auto",

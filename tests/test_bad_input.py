@@ -197,3 +197,19 @@ def test_a_folder_with_pickled_weights_only_is_refused_in_melos_words(llama_path
         weights.rename(weights.with_name("pytorch_model.bin"))
     result = melo("generate", "--base", folder, "hello")
     assert result.exit_code == 2 and "safetensors" in result.stderr and "Unpickling" not in result.stderr
+
+
+@pytest.mark.parametrize("options, named", [(["--lora-layers", "model.nope"], "--lora-layers"),
+                                            (["--key-layer", "model.nope"], "--key-layer"),
+                                            (["--key-layer", "model.layers.4"], "--key-layer")])
+def test_layer_names_are_checked_before_the_weights_load(llama_path, tmp_path, monkeypatch, options, named):
+    from melo_cli import backbones
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the layer names were checked")
+
+    monkeypatch.setattr(backbones, "load", no_weights)
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"input": "a", "target": "b"}\n')
+    result = melo("edit", llama_path, path, "-o", tmp_path / "out", "--key-source", "base", *options)
+    assert result.exit_code == 2 and named in result.stderr, result.stderr
