@@ -174,6 +174,7 @@ def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "au
     from .tasks import TASKS
 
     given = source
+    target = resolve_device(device)  # a device melo cannot use is refused before anything loads
     source, gguf_record = readable_source(source, trust_remote_code)  # also quiets transformers
     _check_weights_format(source)
     config = load_config(source, trust_remote_code)
@@ -191,7 +192,6 @@ def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "au
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    target = resolve_device(device)
     model.to(target).eval()
     model.requires_grad_(False)
     return Backbone(model, tokenizer, task, given, target, gguf_record)

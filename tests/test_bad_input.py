@@ -8,6 +8,7 @@ import string
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from conftest import SAMPLES
 from helpers import json_lines, melo
 from melo_cli.edits import Edit, read_edits, read_holdout
 from melo_cli.errors import InputError
@@ -213,3 +214,40 @@ def test_layer_names_are_checked_before_the_weights_load(llama_path, tmp_path, m
     path.write_text('{"input": "a", "target": "b"}\n')
     result = melo("edit", llama_path, path, "-o", tmp_path / "out", "--key-source", "base", *options)
     assert result.exit_code == 2 and named in result.stderr, result.stderr
+
+
+def test_lora_on_an_embedding_and_a_lone_surrogate_prompt_are_one_line_errors(llama_path, tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"input": "a", "target": "b"}\n')
+    result = melo("edit", llama_path, path, "-o", tmp_path / "out", "--lora-layers", "model.embed_tokens")
+    assert result.exit_code == 2 and "--lora-layers" in result.stderr and "Traceback" not in result.stderr
+    result = melo("generate", "--base", llama_path, "caf\udce9")  # invalid UTF-16 from a shell
+    assert result.exit_code == 2 and "prompt 1" in result.stderr and "UTF-8" in result.stderr
+
+
+EDIT_OPTIONS = [["--batch-size", "0"], ["--batch-size", "-3"], ["--rank-per-block", "0"], ["--key-pooling", "max"],
+                ["--key-source", "magic"], ["--metric", "manhattan"], ["--init-radius", "wide"], ["--margin", "-1"],
+                ["--radius-policy", "kmeans"], ["--block-per", "row"], ["--contexts", "11"], ["--lr", "0"],
+                ["--max-steps", "lots"], ["--loss-threshold", "0"], ["--eval-every", "-1"], ["--dtype", "float8"],
+                ["--device", "quantum"], ["--task", "poetry"], ["--task", "seq2seq"]]
+RUN_OPTIONS = [["generate", "--max-new-tokens", "0"], ["generate", "--batch-size", "0"], ["generate", "--dtype", "x"],
+               ["generate", "--device", "x"], ["eval", "--mode", "sideways"], ["eval", "--batch-size", "0"],
+               ["eval", "--format", "xml"]]
+
+
+@pytest.mark.parametrize("options", EDIT_OPTIONS, ids=lambda o: " ".join(o))
+def test_every_bad_edit_option_is_a_one_line_exit_2(llama_path, tmp_path, options):
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"input": "a", "target": "b"}\n')
+    result = melo("edit", llama_path, path, "-o", tmp_path / "out", *options)
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("options", RUN_OPTIONS, ids=lambda o: " ".join(o))
+def test_every_bad_generate_or_eval_option_is_a_one_line_exit_2(llama_path, tmp_path, options):
+    command, *rest = options
+    target = ["hello"] if command == "generate" else ["--edits", SAMPLES / "counterfact-20.jsonl"]
+    result = melo(command, "--base", llama_path, *rest, *target)
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    assert "Traceback" not in result.stderr
