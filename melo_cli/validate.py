@@ -73,7 +73,6 @@ def cluster_arrays(arrays: dict[str, np.ndarray], labels: list, manifest: Manife
             raise BundleError(f"{where}: '{name}' holds NaN or infinite values")
     if n and not (arrays["radii"] > 0).all():
         raise BundleError(f"{where}: every radius must be > 0")
-    _radii_cover_only_their_members(arrays, manifest, where)
     blocks = arrays["blocks"]
     if not ((blocks == NO_BLOCK) | ((blocks >= 0) & (blocks < n_blocks))).all():
         raise BundleError(f"{where}: a cluster names a LoRA block outside 0..{n_blocks - 1}")
@@ -83,6 +82,7 @@ def cluster_arrays(arrays: dict[str, np.ndarray], labels: list, manifest: Manife
     edit = arrays["member_edit"]
     if not ((edit >= -1) & (edit < n_records)).all():
         raise BundleError(f"{where}: a member names an edit outside the bundle's {n_records} edits")
+    _radii_cover_only_their_members(arrays, manifest, where)
     negative = np.array([label == NEGATIVE for label in labels], dtype=bool)
     if n and not np.array_equal(negative, blocks == NO_BLOCK):
         raise BundleError(f"{where}: a cluster's block and label disagree (only negatives have no block)")
@@ -94,16 +94,23 @@ def cluster_arrays(arrays: dict[str, np.ndarray], labels: list, manifest: Manife
 
 def _radii_cover_only_their_members(arrays: dict[str, np.ndarray], manifest: Manifest, where: Path) -> None:
     """A radius is never wider than the init radius or its farthest member (the rules only shrink below
-    that): a forged huge radius would route every input to one edit."""
-    from .radius_policies import distance
-
+    that): a forged huge radius would route every input to one edit. One vectorised pass over the members."""
     config, cluster = manifest.config, arrays["member_cluster"]
-    for c, radius in enumerate(arrays["radii"]):
-        members = arrays["member_keys"][cluster == c]
-        reach = float(distance(members, arrays["centres"][c], config.metric).max()) if len(members) else 0.0
-        if radius > max(config.init_radius, reach) * (1 + 1e-4) + 1e-6:
-            raise BundleError(f"{where}: cluster {c} has radius {float(radius):.4g}, wider than the init radius "
-                              f"{config.init_radius:.4g} and its farthest member ({reach:.4g})")
+    live = cluster >= 0
+    keys, centres = arrays["member_keys"][live].astype(np.float64), arrays["centres"][cluster[live]].astype(np.float64)
+    if config.metric == "cosine":
+        norms = np.linalg.norm(keys, axis=1) * np.linalg.norm(centres, axis=1)
+        dists = 1.0 - (keys * centres).sum(1) / np.maximum(norms, 1e-12)
+    else:
+        dists = np.linalg.norm(keys - centres, axis=1)
+    reach = np.zeros(len(arrays["radii"]))
+    np.maximum.at(reach, cluster[live], dists)
+    allowed = np.maximum(config.init_radius, reach) * (1 + 1e-4) + 1e-6
+    wide = np.flatnonzero(arrays["radii"] > allowed)
+    if len(wide):
+        c = int(wide[0])
+        raise BundleError(f"{where}: cluster {c} has radius {float(arrays['radii'][c]):.4g}, wider than the init "
+                          f"radius {config.init_radius:.4g} and its farthest member ({reach[c]:.4g})")
 
 
 def index_labels(index, n_clusters: int, where: Path) -> None:
