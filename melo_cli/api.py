@@ -26,7 +26,7 @@ from . import backbones, bases, bundle as bundle_io, evaluate, training
 from .config import MeloConfig
 from .edited_model import EditedModel, Prediction
 from .edits import Edit, Holdout, batches, parse_edit, parse_holdout
-from .errors import InputError, Unlearned
+from .errors import BundleError, InputError, Unlearned
 from .router import Route
 
 log = logging.getLogger("melo")
@@ -63,24 +63,7 @@ class MeloModel:
         if bundle is not None:
             if settings or config is not None:
                 raise InputError("a bundle keeps its own settings: pass no config or settings with `bundle`")
-            loaded = bundle_io.load(bundle)
-            source = bases.locate_base(loaded.base, Path(bundle), None if base is None else str(base))
-            if dtype == "auto":
-                dtype = loaded.base.get("dtype", "auto")
-            backbone = backbones.load(source, loaded.config.task, device, dtype, trust_remote_code)
-            bases.check_base(backbone, loaded.manifest, force_base)
-            bases.check_bundle_layers(backbone, loaded.config, Path(bundle))
-            encoder = bases.load_encoder(loaded.config, backbone.device, loaded.manifest, force_base,
-                                            trust_remote_code)
-            edited = EditedModel(backbone, loaded.config, loaded.router, encoder)
-            try:
-                edited.load_lora_state(loaded.lora)
-            except (KeyError, ValueError) as exc:
-                from .errors import BundleError
-                raise BundleError(f"{Path(bundle) / bundle_io.LORA}: does not fit the model: {exc}") from None
-            return cls(edited, loaded.base, edits=loaded.edits, records=[dict(r) for r in loaded.records],
-                       batches_done=loaded.manifest.counts["batches"], history=loaded.history,
-                       key_encoder=loaded.manifest.key_encoder)
+            return cls._from_bundle(Path(bundle), base, device, dtype, force_base, trust_remote_code)
         if base is None:
             raise InputError("no base model: name one as `base`, or give a `bundle`")
         if config is None:
@@ -94,6 +77,27 @@ class MeloModel:
         key_encoder = ({"name": config.key_encoder, "fingerprint": backbones.fingerprint(encoder.model)}
                        if encoder is not None else None)
         return cls(EditedModel(backbone, config, None, encoder), info, key_encoder=key_encoder)
+
+    @classmethod
+    def _from_bundle(cls, bundle: Path, base, device: str, dtype: str, force_base: bool,
+                     trust_remote_code: bool) -> "MeloModel":
+        """A bundle (validated on load) applied to its base model, checked against the fingerprint."""
+        loaded = bundle_io.load(bundle)
+        source = bases.locate_base(loaded.base, bundle, None if base is None else str(base))
+        if dtype == "auto":
+            dtype = loaded.base.get("dtype", "auto")
+        backbone = backbones.load(source, loaded.config.task, device, dtype, trust_remote_code)
+        bases.check_base(backbone, loaded.manifest, force_base)
+        bases.check_bundle_layers(backbone, loaded.config, bundle)
+        encoder = bases.load_encoder(loaded.config, backbone.device, loaded.manifest, force_base, trust_remote_code)
+        edited = EditedModel(backbone, loaded.config, loaded.router, encoder)
+        try:
+            edited.load_lora_state(loaded.lora)
+        except (KeyError, ValueError) as exc:
+            raise BundleError(f"{bundle / bundle_io.LORA}: does not fit the model: {exc}") from None
+        return cls(edited, loaded.base, edits=loaded.edits, records=[dict(r) for r in loaded.records],
+                   batches_done=loaded.manifest.counts["batches"], history=loaded.history,
+                   key_encoder=loaded.manifest.key_encoder)
 
     @property
     def config(self):
