@@ -100,3 +100,39 @@ def test_no_prefix_when_lora_starts_in_the_first_block(llama_path):
     edited = _edited(llama_path)
     assert prefix.frozen_prefix(edited.backbone.model, ["model.layers.0.mlp.down_proj"]) is None
     assert prefix.frozen_prefix(edited.backbone.model, ["model.layers.3.mlp.down_proj"]).k == 3
+
+
+def test_narrowed_logits_score_what_all_logits_score_and_older_transformers_get_all_logits(llama_path, monkeypatch):
+    """The (batch, seq) boolean `logits_to_keep` goes only to models whose module slices with
+    transformers' `slice_logits_to_keep` (transformers 5.17 indexed with it and crashed, seen on a GPU
+    image); without it the full logits are scored, to the same loss."""
+    import sys
+
+    from melo_cli.tasks.causal_lm import keeps_logits_by_mask
+
+    edited = _edited(llama_path)
+    backbone = edited.backbone
+    generator = torch.Generator().manual_seed(0)
+    for layer in edited.layers.values():
+        layer.start_block(0, generator)
+        with torch.no_grad():
+            layer.train_B.normal_(0, 0.05, generator=generator)
+    edits = load_edits("counterfact-20.jsonl", 4)
+    enc = tasks.encode(backbone, [e["input"] for e in edits], [e["target"] for e in edits])
+    losses = []
+    assert keeps_logits_by_mask(backbone.model)
+    older = type("OldLlama", (type(backbone.model),), {"__module__": "an_old_transformers_model"})
+    sys.modules["an_old_transformers_model"] = type(sys)("an_old_transformers_model")  # no helper in it
+    try:
+        assert not keeps_logits_by_mask(older.__new__(older))
+    finally:
+        del sys.modules["an_old_transformers_model"]
+    for has_helper in (True, False):
+        if not has_helper:
+            monkeypatch.setattr("melo_cli.tasks.causal_lm.keeps_logits_by_mask", lambda model: False)
+        inputs, targets, aligned = tasks.narrowed(backbone, enc)
+        assert aligned is has_helper and ("logits_to_keep" in inputs) is has_helper
+        with edited.routes.fixed(torch.zeros(len(edits), dtype=torch.long)), torch.no_grad():
+            logits = edited._forward(inputs).logits
+        losses.append(tasks.score(backbone, logits, targets, aligned, tasks.rows_of(enc) if aligned else None)[0])
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,18 @@ def causal_target_ids(tokenizer, prompt: str, target: str) -> tuple[list[int], l
         return prompt_ids, full[len(prompt_ids):]
     return prompt_ids, ids(tokenizer, joiner(prompt, target) + target, special=False)
 
+
+
+def keeps_logits_by_mask(model) -> bool:
+    """Whether `model.forward` takes `logits_to_keep` as a (batch, seq) boolean mask. Recent
+    transformers releases slice through their `slice_logits_to_keep` helper, which does (5.24 does);
+    older ones (5.17, seen on a GPU machine's image) index hidden states with the tensor and fail, so
+    the mask goes only to a model whose own module has that helper. Otherwise melo computes all
+    logits: the same scores, more work."""
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return False
+    module = sys.modules.get(type(model).__module__)
+    return module is not None and hasattr(module, "slice_logits_to_keep")
 
 class CausalLM(Task):
     name = "causal-lm"
@@ -64,8 +77,7 @@ class CausalLM(Task):
         blocks (SmolLM2: 49,152 x 576, seven blocks' worth per position). `logits_to_keep` as a (batch,
         seq) mask keeps exactly the positions before target tokens, flattened to (n, vocab) logits;
         `aligned` means logits[j] predicts targets[j] and `score` then needs the row of each."""
-        model = backbone.model
-        if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        if not keeps_logits_by_mask(backbone.model):
             return enc.inputs, enc.targets, False
         keep = torch.zeros_like(enc.targets, dtype=torch.bool)
         keep[:, :-1] = enc.targets[:, 1:] != IGNORE
