@@ -33,10 +33,13 @@ def counterfact(n: int, offset: int = 0) -> list[dict]:
 
 
 def zsre(n: int, offset: int = 0) -> list[dict]:
+    """zsRE records with a new answer: 2 of the file's 1,000 (indices 534 and 723) have an empty `alt`
+    and are skipped, so at most 998 exist; ids keep the file's index."""
     data = json.loads((shared_dir() / "data" / "zsre-mend-train-1k.json").read_text(encoding="utf-8"))
+    usable = [(i, r) for i, r in enumerate(data) if r["alt"].strip()]
     return [{"id": f"zsre-{i}", "input": r["src"], "target": r["alt"], "rephrases": [r["rephrase"]],
              "locality": r["loc"], "locality_target": r["loc_ans"], "subject": r["subject"]}
-            for i, r in enumerate(data[offset:offset + n], offset)]
+            for i, r in usable[offset:offset + n]]
 
 
 def restating(records: list[dict]) -> list[bool]:

@@ -353,6 +353,7 @@ def main() -> None:
     MODEL = common.model_path(args.model)
     load = common.counterfact if args.dataset == "counterfact" else common.zsre
     records = load(args.n)
+    args.n = len(records)  # zsRE holds 998 records with a new answer
     batches = [records[i:i + args.batch_size] for i in range(0, len(records), args.batch_size)]
     checkpoints = sorted({max(1, len(batches) // 4), max(1, len(batches) // 2), len(batches)})
     env = common.environment(args.device)
