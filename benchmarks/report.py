@@ -9,7 +9,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["editing-smollm2-counterfact-n100", "editing-smollm2-counterfact-n1000", "editing-smollm2-zsre-n100",
-         "editing-gemma3-270m-counterfact-n100", "cost-smollm2-counterfact-n100", "evaltime-smollm2-n100",
+         "editing-smollm2-zsre-n1000-cuda", "editing-gemma3-270m-counterfact-n100", "cost-smollm2-counterfact-n100",
+         "cost-smollm2-counterfact-n100-cuda-float32", "cost-smollm2-counterfact-n100-cuda-bfloat16",
+         "evaltime-smollm2-n100",
          "editing-n100", "editing-n1000", "keys-latest", "overhead-n1000", "router-latest", "startup-idle",
          "startup-busy2"]
 TITLES = {"editing": "Editing: melo vs a GRACE-style codebook vs plain LoRA fine-tuning",
@@ -38,7 +40,9 @@ default test run (tests/test_benchmarks_smoke.py); the real runs stay outside CI
 | `router.py` | hnswlib lookup latency and recall@1 vs exact brute force at 1k-100k clusters, dims 384 and 4096 | `python benchmarks/router.py [--max-cells 5e8]` |
 | `startup.py` | wall time of `--help`, `inspect`, a one-prompt `generate` and the quick-start `edit` as fresh processes; melo's thread choice vs torch's default, idle and beside CPU-bound processes | `python benchmarks/startup.py [--busy 2]` |
 
-All take `--device` (`cuda` for GPU figures where one is present) and `--out DIR`.
+All take `--device` (`cuda` for GPU figures where one is present) and `--out DIR`. GPU figures come
+from `benchmarks/device_check.sh`, which runs the CUDA tests (tests/test_cuda.py), `cost.py` in float32
+and bfloat16 and the zsRE T=1000 run on a lent GPU machine in one call.
 Data: ../shared/data (CounterFact, zsRE as published; `MELO_SHARED` overrides the path). Real models:
 `benchmarks/models.py` (SmolLM2-135M-Instruct and Gemma-3-270m GGUFs from PyPI wheels). Timed runs pin
 torch to one thread unless they say otherwise.
