@@ -106,6 +106,6 @@ def check_key_below(model: nn.Module, key_layer: str, lora_layers: list[str]) ->
             raise InputError(f"`key_layer` {key_layer!r} contains LoRA layer {name!r}: keys would depend on edits")
         if key_stack and block_index(name, key_stack) is not None and block_index(name, key_stack) <= key_block:
             raise InputError(f"`key_layer` {key_layer!r} is not below LoRA layer {name!r}: keys would depend on edits")
-        if key_stack and not name.startswith(key_stack + ".") and order[name] < order[key_layer]:
+        if (key_stack is None or not name.startswith(key_stack + ".")) and order[name] < order[key_layer]:
             raise InputError(f"`key_layer` {key_layer!r} runs after LoRA layer {name!r}: keys would depend on edits")
 

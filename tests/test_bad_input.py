@@ -202,7 +202,9 @@ def test_a_folder_with_pickled_weights_only_is_refused_in_melos_words(llama_path
 
 @pytest.mark.parametrize("options, named", [(["--lora-layers", "model.nope"], "--lora-layers"),
                                             (["--key-layer", "model.nope"], "--key-layer"),
-                                            (["--key-layer", "model.layers.4"], "--key-layer")])
+                                            (["--key-layer", "model.layers.4"], "--key-layer"),
+                                            (["--key-layer", "lm_head"], "--key-layer"),  # after every LoRA layer
+                                            (["--key-layer", "model.norm"], "--key-layer")])
 def test_layer_names_are_checked_before_the_weights_load(llama_path, tmp_path, monkeypatch, options, named):
     from melo_cli import backbones
 
@@ -229,7 +231,10 @@ EDIT_OPTIONS = [["--batch-size", "0"], ["--batch-size", "-3"], ["--rank-per-bloc
                 ["--key-source", "magic"], ["--metric", "manhattan"], ["--init-radius", "wide"], ["--margin", "-1"],
                 ["--radius-policy", "kmeans"], ["--block-per", "row"], ["--contexts", "11"], ["--lr", "0"],
                 ["--max-steps", "lots"], ["--loss-threshold", "0"], ["--eval-every", "-1"], ["--dtype", "float8"],
-                ["--device", "quantum"], ["--task", "poetry"], ["--task", "seq2seq"]]
+                ["--device", "quantum"], ["--task", "poetry"], ["--task", "seq2seq"],
+                # settings that would poison a bundle: every prompt routed, NaN weights, NaN in the manifest
+                ["--init-radius", "inf"], ["--init-radius", "nan"], ["--lr", "inf"], ["--margin", "nan"],
+                ["--loss-threshold", "nan"], ["--loss-threshold", "-1"]]
 RUN_OPTIONS = [["generate", "--max-new-tokens", "0"], ["generate", "--batch-size", "0"], ["generate", "--dtype", "x"],
                ["generate", "--device", "x"], ["eval", "--mode", "sideways"], ["eval", "--batch-size", "0"],
                ["eval", "--format", "xml"]]
