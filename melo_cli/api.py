@@ -22,7 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import backbones, bases, bundle as bundle_io, evaluate, training
+from . import backbones, bases, bundle as bundle_io, evaluate, lengths, training
 from .config import MeloConfig
 from .edited_model import EditedModel, Prediction
 from .edits import Edit, Holdout, batches, parse_edit, parse_holdout
@@ -135,6 +135,8 @@ class MeloModel:
         groups = batches(new, batch_size)
         training.check_targets(self.model.config, new, source, self.config.task)  # classifiers: labels exist
         negatives, kept = list(negatives), as_holdout(holdout)
+        lengths.check_edits(self.edited.backbone, new, source)  # before any step: one line, not an IndexError
+        lengths.check_holdout(self.edited.backbone, kept)
         if on_plan is not None:
             on_plan(len(groups))
         log.info("training %d edits in %d batches", len(new), len(groups))
@@ -239,7 +241,10 @@ class MeloModel:
         if any(m not in evaluate.MODES for m in modes):
             raise InputError(f"{mode!r}: choose teacher-forced, generate or both", field="mode")
         scored = self.live_edits if edits is None else evaluate.live_only(as_edits(edits, "edits"), self.edits)
-        return evaluate.evaluate(self.edited, scored, as_holdout(holdout), modes, batch_size, bundle_edits=self.edits)
+        kept = as_holdout(holdout)
+        lengths.check_edits(self.edited.backbone, scored, None)
+        lengths.check_holdout(self.edited.backbone, kept)
+        return evaluate.evaluate(self.edited, scored, kept, modes, batch_size, bundle_edits=self.edits)
 
     # -- saving -------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -247,8 +252,8 @@ class MeloModel:
         out = Path(path)
         if out.exists() and not overwrite:
             raise InputError(f"{out}: already exists; pass overwrite=True to replace it", field="path")
-        if out.exists() and not (out / bundle_io.MANIFEST).exists() and (not out.is_dir() or any(out.iterdir())):
-            raise InputError(f"{out}: exists and is not a melo bundle; refusing to replace it", field="path")
+        bundle_io.check_replaceable(out)
+        out = bundle_io.output_path(out)
         if self.edited.router is None:
             raise InputError("no edits yet: edit before saving", field="path")
         counts = {"edits": len(self.records), "live_edits": sum("superseded" not in r for r in self.records),
@@ -257,7 +262,7 @@ class MeloModel:
         bundle_io.write(out, config=self.config, lora=self.edited.lora_state(), router=self.edited.router,
                         records=self.records, base=self.base, counts=counts, extra_files=extra,
                         key_encoder=self.key_encoder)
-        return out
+        return Path(path)
 
 
 def make_config(**settings) -> MeloConfig:

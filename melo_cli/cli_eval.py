@@ -77,7 +77,7 @@ def eval_command(
         raise InputError("--base without --bundle needs --edits")
     edit_list = read_edits(edits) if edits is not None else None
     holdout = read_holdout(locality) if locality is not None else []
-    from . import evaluate, workflow
+    from . import evaluate, lengths, workflow
 
     if bundle is not None:
         loaded, edited = workflow.open_bundle(bundle, base=base, device=device, dtype=dtype, force_base=force_base,
@@ -87,6 +87,8 @@ def eval_command(
         edited = workflow.bare_model(base, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         bundle_edits = []
     edit_list = evaluate.live_only(edit_list if edit_list is not None else bundle_edits, bundle_edits)
+    lengths.check_edits(edited.backbone, edit_list, edits if edits is not None else bundle / "edits.jsonl")
+    lengths.check_holdout(edited.backbone, holdout)
     with progress_bar("evaluating", "inputs") as progress:
         bar = progress.add_task("eval", total=evaluate.work(edit_list, holdout, modes), note="")
         result = evaluate.evaluate(edited, edit_list, holdout, modes, batch_size,

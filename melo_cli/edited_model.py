@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import prefix, tasks
+from . import lengths, prefix, tasks
 from .backbones import Backbone
 from .config import MeloConfig
 from .keys import SentenceEncoder, hidden_of, pool
@@ -245,8 +245,7 @@ class EditedModel:
 def _fit_positions(backbone: Backbone, enc: tasks.Encoded, max_new_tokens: int) -> tasks.Encoded:
     """Left-padded causal prompts cut from the left so that prompt + new tokens fit the model's
     positions (GPT-2 has 1,024 and fails past them); said once per call on stderr."""
-    config = backbone.model.config
-    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    limit = lengths.max_positions(backbone)
     width = enc.inputs["input_ids"].shape[1] if "input_ids" in enc.inputs else 0
     if not tasks.task_of(backbone).prompts_share_positions or not limit or width + max_new_tokens <= limit:
         return enc

@@ -67,6 +67,8 @@ class Edit:
 class Holdout:
     input: str
     target: str | None = None
+    where: dict = field(default_factory=dict, compare=False, repr=False)
+    """Where it was read ({"file", "line"} or {"file", "record"}), for messages; empty when built in code."""
 
 
 @dataclass
@@ -150,7 +152,7 @@ def parse_holdout(record: object, where: dict) -> Holdout:
     if not isinstance(record, dict):
         raise InputError(f"expected a JSON object, got {type(record).__name__}", **where)
     return Holdout(_text(record, "input", HOLDOUT_ALIASES, where, required=True),
-                   _text(record, "target", HOLDOUT_ALIASES, where, required=False))
+                   _text(record, "target", HOLDOUT_ALIASES, where, required=False), dict(where))
 
 
 def _records(path: Path) -> list[tuple[dict, object | InputError]]:
