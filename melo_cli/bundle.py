@@ -1,31 +1,40 @@
 """The bundle on disk: a directory with a YAML manifest, LoRA weights, the router and the edits.
 
-Writing is atomic: the bundle is built in a temporary directory beside the target and swapped into
-place in one rename (RENAME_EXCHANGE where Linux offers it), so a reader, or a job killed at any
-moment, sees the old bundle or the new one, never a mix. Loading runs no code: YAML through
-`safe_load`, tensors through safetensors, edits as JSON, the hnswlib index only after its header
-matches the manifest; every file's sha256 is checked against the manifest.
+Writing is atomic: the bundle is built in a temporary directory beside the target, every file
+fsync'ed and read back as a reader would (hashes, arrays, the index checked against the centres),
+and only then swapped into place in one rename (RENAME_EXCHANGE where Linux offers it). A failed or
+short write (hnswlib writes an empty index on a full disk without raising) stops before the swap.
+
+Reading pins the bundle: the directory is opened once and each file is read once, through that
+descriptor, for both its sha256 and its parse, so a replacement running beside the reader gives it
+the old bundle or the new one, never a mix (a file that vanishes mid-read means the directory was
+swapped out: the load starts over). Loading runs no code: YAML through `safe_load`, tensors through
+safetensors, edits as JSON, and the hnswlib index only after every byte hnswlib follows is checked
+(hnsw_file), from a private in-memory copy of the checked bytes.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
-import struct
+import stat
+import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
+from safetensors.numpy import load as numpy_from_bytes, save as numpy_to_bytes
 
-from . import validate
+from . import hnsw_file, validate
 from .config import MeloConfig
 from .edits import Edit
-from .errors import BundleError
+from .errors import BundleError, InputError, WriteFailed
 from .manifest import Manifest
 from .router import Router
 
@@ -36,6 +45,8 @@ CLUSTERS = "clusters.safetensors"
 EDITS = "edits.jsonl"
 CARD = "README.md"
 HISTORY = "history.jsonl"
+ATTEMPTS = 20
+"""Loads of a bundle that writers keep swapping out before one is read whole."""
 
 
 @dataclass
@@ -68,7 +79,8 @@ def sha256(path: Path) -> str:
 
 
 # -- writing ------------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync a file or a directory (the directory, so that the names in it are on disk too)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -76,11 +88,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_text(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write, flush and fsync; a short write raises here (OSError), not at some later read."""
+    with open(path, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
+        written = os.fstat(f.fileno()).st_size
+    if written != len(data):
+        raise OSError(errno.EIO, f"{path.name}: {written} of {len(data)} bytes written")
+
+
+def _write_text(path: Path, text: str) -> None:
+    _write_bytes(path, text.encode("utf-8"))
 
 
 def _card(manifest: Manifest) -> str:
@@ -98,14 +118,14 @@ def _card(manifest: Manifest) -> str:
 def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Router, records: list[dict],
                 base: dict, counts: dict, extra_files: dict[str, str] | None = None,
                 key_encoder: dict | None = None) -> Manifest:
-    """Write every bundle file into `directory` (which must exist and be empty); returns the manifest.
-
-    `lora` maps names to float32 arrays (numpy, or torch tensors on the CPU)."""
-    save_numpy({name: np.ascontiguousarray(np.asarray(t, np.float32)) for name, t in lora.items()},
-               str(directory / LORA))
-    save_numpy(router.arrays(), str(directory / CLUSTERS), metadata={"labels": json.dumps(router.labels),
-                                                                      "subjects": json.dumps(router.member_subjects)})
-    router.save_index(directory / INDEX)
+    """Write every bundle file into `directory` (which must exist and be empty), each fsync'ed; returns
+    the manifest. `lora` maps names to float32 arrays (numpy, or torch tensors on the CPU)."""
+    _write_bytes(directory / LORA, numpy_to_bytes(
+        {name: np.ascontiguousarray(np.asarray(t, np.float32)) for name, t in lora.items()}))
+    _write_bytes(directory / CLUSTERS, numpy_to_bytes(router.arrays(), metadata={
+        "labels": json.dumps(router.labels), "subjects": json.dumps(router.member_subjects)}))
+    router.save_index(directory / INDEX)  # hnswlib: no error on a full disk, so load() below reads it back
+    _fsync(directory / INDEX)
     _write_text(directory / EDITS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     for name, text in (extra_files or {}).items():
         _write_text(directory / name, text)
@@ -114,22 +134,60 @@ def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Rout
     _write_text(directory / CARD, _card(manifest))
     manifest.files = {p.name: sha256(p) for p in sorted(directory.iterdir()) if p.name != MANIFEST}
     _write_text(directory / MANIFEST, manifest.to_yaml())
-    _fsync_dir(directory)
+    _fsync(directory)
     return manifest
 
 
 def write(out: Path, **contents) -> Manifest:
-    """The one way a bundle is written: every file into a fresh temp dir beside `out`, then swapped
-    into place (publish); on any failure the temp dir goes and `out` is as it was. `contents` are
-    write_files' keywords. Returns the manifest."""
-    tmp = temp_dir_for(out)
+    """The one way a bundle is written: every file into a fresh temp dir beside `out`, read back as
+    a reader would, then swapped into place (publish). On any failure the temp dir goes, `out` is as
+    it was, and the error is WriteFailed (exit 74) naming what failed. `contents` are write_files'
+    keywords. Returns the manifest."""
+    tmp = None
     try:
+        tmp = temp_dir_for(out)
         manifest = write_files(tmp, **contents)
+        load(tmp)
         publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise WriteFailed(f"{out}: the bundle could not be written ({exc.strerror or exc}); "
+                              f"nothing was replaced") from None
+        if isinstance(exc, BundleError):
+            raise WriteFailed(f"{out}: the bundle did not read back as written ({exc}); nothing was replaced") \
+                from None
         raise
     return manifest
+
+
+def output_path(out: Path) -> Path:
+    """Where a bundle named `out` is written: a symbolic link's target, so that the link keeps naming
+    the new bundle (renaming over the link itself turned it into a directory and left the target old)."""
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse to replace anything but a melo bundle: `--overwrite` once removed a directory of files
+    melo never wrote because it held some manifest.yaml. An empty directory may be filled."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory; refusing to replace it")
+    names = {p.name for p in out.iterdir()}
+    if not names:
+        return
+    if MANIFEST not in names:
+        raise InputError(f"{out}: exists and is not a melo bundle; refusing to replace it")
+    try:
+        manifest = read_manifest(out)
+    except BundleError:
+        raise InputError(f"{out}: its {MANIFEST} is not a melo bundle's; refusing to replace it") from None
+    foreign = sorted(names - set(manifest.files) - {MANIFEST})
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise InputError(f"{out}: holds files its bundle does not list ({shown}); refusing to replace it")
 
 
 def temp_dir_for(out: Path) -> Path:
@@ -197,112 +255,242 @@ def publish(tmp: Path, out: Path) -> None:
         os.rename(out, old)
         os.rename(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(out.parent)
+    _fsync(out.parent)
 
 
 # -- reading ------------------------------------------------------------------------------------
-def _index_header(path: Path) -> tuple[int, int]:
-    """(dimension, element count) from an hnswlib index file's header, before hnswlib reads it."""
-    with open(path, "rb") as f:
-        head = f.read(48)
-    if len(head) < 48:
-        raise BundleError(f"{path}: the router index is truncated")
-    _offset_level0, max_elements, count, size_per_element, label_offset, offset_data = struct.unpack("<6Q", head)
-    if count > max_elements or not offset_data < label_offset <= size_per_element < 1 << 24 \
-            or path.stat().st_size < 48 + count * size_per_element:
-        raise BundleError(f"{path}: the router index header does not describe this file")
-    return (label_offset - offset_data) // 4, count
+class _Swapped(Exception):
+    """The pinned directory lost a file: a writer swapped the bundle out while it was read."""
+
+
+class _Pinned:
+    """A bundle directory opened once, with the files a bundle holds opened at once beside it (so a
+    writer that swaps the directory out a moment later cannot take them away); every file is read
+    through its descriptor, exactly once."""
+
+    KNOWN = (MANIFEST, LORA, INDEX, CLUSTERS, EDITS, CARD, HISTORY)
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            raise BundleError(f"{path}: no such bundle") from None
+        except NotADirectoryError:
+            raise BundleError(f"{path}: not a melo bundle (not a directory)") from None
+        self.opened: dict[str, int | OSError] = {}
+        for name in self.KNOWN:
+            try:
+                self.opened[name] = self._open(name)
+            except OSError as exc:
+                self.opened[name] = exc
+
+    def _open(self, name: str) -> int:
+        # O_NOFOLLOW: a link is refused (ELOOP); O_NONBLOCK: a FIFO planted as a file cannot hang the read
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self.fd)
+
+    def close(self) -> None:
+        for fd in self.opened.values():
+            if isinstance(fd, int):
+                os.close(fd)
+        self.opened.clear()
+        os.close(self.fd)
+
+    def _swapped_out(self) -> bool:
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        pinned = os.fstat(self.fd)
+        return (now.st_dev, now.st_ino) != (pinned.st_dev, pinned.st_ino)
+
+    def open(self, name: str) -> int:
+        """The descriptor of the plain file `name` in the pinned directory, handed over to the caller."""
+        fd = self.opened.pop(name, None)
+        try:
+            if fd is None:
+                fd = self._open(name)
+            elif isinstance(fd, OSError):
+                raise fd
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise BundleError(f"{self.path / name}: is a symbolic link; a bundle's files are its own") from None
+            if exc.errno == errno.ENOENT:
+                if self._swapped_out():
+                    raise _Swapped(name) from None
+                if name == MANIFEST:
+                    raise BundleError(f"{self.path}: not a melo bundle (no {MANIFEST})") from None
+                raise BundleError(f"{self.path / name}: missing from the bundle") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise BundleError(f"{self.path / name}: not a plain file in the bundle")
+        return fd
+
+    @staticmethod
+    def read_fd(fd: int) -> bytes:
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def read(self, name: str) -> bytes:
+        return self.read_fd(self.open(name))
+
+
+def _manifest_from(pinned: _Pinned) -> Manifest:
+    try:
+        text = pinned.read(MANIFEST).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{pinned.path / MANIFEST}: unreadable manifest: {exc}") from None
+    return Manifest.from_yaml(text, pinned.path / MANIFEST)
 
 
 def read_manifest(path: Path) -> Manifest:
+    """The manifest alone, checked (for `inspect` and for deciding what may be replaced)."""
     path = Path(path)
-    if not path.exists():
-        raise BundleError(f"{path}: no such bundle")
-    if not (path / MANIFEST).is_file():
-        raise BundleError(f"{path}: not a melo bundle (no {MANIFEST})")
-    if (path / MANIFEST).is_symlink():
-        raise BundleError(f"{path / MANIFEST}: is a symbolic link; a bundle's files are its own")
+    pinned = _Pinned(path)
     try:
-        text = (path / MANIFEST).read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise BundleError(f"{path / MANIFEST}: unreadable manifest: {exc}") from None
-    return Manifest.from_yaml(text, path / MANIFEST)
+        return _manifest_from(pinned)
+    except _Swapped:
+        return read_manifest(path)
+    finally:
+        pinned.close()
 
 
-def verify_files(path: Path, manifest: Manifest) -> None:
-    """Every file the manifest names is a plain file inside the bundle with the recorded sha256."""
+def _verified_files(pinned: _Pinned, manifest: Manifest) -> dict[str, bytes]:
+    """Every file the manifest names, read once, with the recorded sha256; by name."""
     files = manifest.files
     for required in (LORA, INDEX, CLUSTERS, EDITS):
         if required not in files:
-            raise BundleError(f"{path / MANIFEST}: does not list {required}")
-    root = path.resolve()
+            raise BundleError(f"{pinned.path / MANIFEST}: does not list {required}")
+    for name in files:
+        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", "..") or name == MANIFEST:
+            raise BundleError(f"{pinned.path / MANIFEST}: file name {name!r} points outside the bundle")
+    descriptors = {}
+    try:
+        for name in files:  # all opened first: a writer removing the directory later cannot take them away
+            descriptors[name] = pinned.open(name)
+    except BaseException:
+        for fd in descriptors.values():
+            os.close(fd)
+        raise
+    contents = {name: pinned.read_fd(fd) for name, fd in descriptors.items()}
     for name, digest in files.items():
-        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
-            raise BundleError(f"{path / MANIFEST}: file name {name!r} points outside the bundle")
-        file = path / name
-        if file.is_symlink() or not file.is_file() or file.resolve().parent != root:
-            raise BundleError(f"{file}: missing or not a plain file in the bundle")
-        if sha256(file) != digest:
-            raise BundleError(f"{file}: changed since the bundle was written (sha256 mismatch)")
+        if hashlib.sha256(contents[name]).hexdigest() != digest:
+            raise BundleError(f"{pinned.path / name}: changed since the bundle was written (sha256 mismatch)")
+    return contents
 
 
-def _records(path: Path) -> list[dict]:
+def _records(data: bytes, where: Path) -> list[dict]:
     """The bundle's edits.jsonl: one JSON object with a string input and target per line."""
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise BundleError(f"{path}:{number}: malformed JSON: {exc.msg}") from None
+            raise BundleError(f"{where}:{number}: malformed JSON: {exc.msg}") from None
         if not isinstance(record, dict) or not isinstance(record.get("input"), str) \
                 or not isinstance(record.get("target"), str):
-            raise BundleError(f"{path}:{number}: expected an object with string 'input' and 'target'")
+            raise BundleError(f"{where}:{number}: expected an object with string 'input' and 'target'")
         records.append(record)
     return records
 
 
+def _safetensors_metadata(data: bytes) -> dict:
+    """The `__metadata__` of a safetensors file's JSON header (an 8-byte length, then the JSON)."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    return header.get("__metadata__") or {} if isinstance(header, dict) else {}
+
+
+@contextmanager
+def _private_copy(data: bytes):
+    """A path to a private copy of `data`, for a reader that takes only paths (hnswlib): an anonymous
+    in-memory file where Linux has them, else a temp file only this user can read."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fd = os.memfd_create("melo-router-index")
+        try:
+            _write_all(fd, data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+    else:
+        with tempfile.NamedTemporaryFile(prefix="melo-index-") as f:
+            f.write(data)
+            f.flush()
+            yield f.name
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def load(path: str | Path) -> Bundle:
-    """Read and check a bundle; raises BundleError naming the file at fault."""
+    """Read and check a bundle; raises BundleError naming the file at fault. A bundle swapped out by
+    a writer while it was read is read again (the new one, whole)."""
     path = Path(path)
     if not path.exists():
         clean_stale(path)
-    manifest = read_manifest(path)
-    verify_files(path, manifest)
+    for attempt in range(ATTEMPTS):
+        pinned = _Pinned(path)
+        try:
+            return _load_pinned(pinned)
+        except _Swapped:
+            continue
+        finally:
+            pinned.close()
+    raise BundleError(f"{path}: replaced {ATTEMPTS} times while it was being read; try again")
+
+
+def _load_pinned(pinned: _Pinned) -> Bundle:
+    path = pinned.path
+    manifest = _manifest_from(pinned)
+    files = _verified_files(pinned, manifest)
     config = manifest.config
     try:
-        arrays = load_numpy(str(path / CLUSTERS))
-        from safetensors import safe_open
-        with safe_open(str(path / CLUSTERS), "np") as f:
-            metadata = f.metadata() or {}
+        arrays = numpy_from_bytes(files[CLUSTERS])
+        metadata = _safetensors_metadata(files[CLUSTERS])
         labels = json.loads(metadata.get("labels", "[]"))
         subjects = json.loads(metadata["subjects"]) if "subjects" in metadata else None
-        lora = load_numpy(str(path / LORA))
+        lora = numpy_from_bytes(files[LORA])
     except Exception as exc:  # safetensors raises several types for damaged files
         raise BundleError(f"{path}: unreadable tensors: {str(exc).splitlines()[0]}") from None
     n_clusters, key_dim = manifest.counts["clusters"], manifest.key_dim
     if not isinstance(labels, list) or len(labels) != n_clusters or "centres" not in arrays \
             or arrays["centres"].shape != (n_clusters, key_dim):
         raise BundleError(f"{path / CLUSTERS}: does not hold the {n_clusters} clusters the manifest says")
-    records = _records(path / EDITS)
+    try:
+        records = _records(files[EDITS], path / EDITS)
+    except UnicodeDecodeError:
+        raise BundleError(f"{path / EDITS}: not UTF-8") from None
     validate.cluster_arrays(arrays, labels, manifest, validate.lora_blocks(lora, manifest, path / LORA),
                             len(records), path / CLUSTERS)
-    dim, count = _index_header(path / INDEX)
+    index_bytes = files[INDEX]
+    dim, count = hnsw_file.dimensions(index_bytes, path / INDEX)
     if dim != key_dim or count != n_clusters:
         raise BundleError(f"{path / INDEX}: index of {count} keys of dimension {dim}; the manifest says "
                           f"{n_clusters} of dimension {key_dim}")
+    retired = arrays["retired"].astype(bool) if "retired" in arrays else np.zeros(n_clusters, bool)
+    hnsw_file.check(index_bytes, dim=key_dim, centres=arrays["centres"], retired=retired, metric=config.metric,
+                    m=Router.M, where=path / INDEX)
     if subjects is not None and (not isinstance(subjects, list) or len(subjects) != len(arrays["member_edit"])
                                  or not all(s is None or isinstance(s, str) for s in subjects)):
         raise BundleError(f"{path / CLUSTERS}: 'subjects' does not match the members")
     try:
-        router = Router.restore(arrays, labels, path / INDEX, config.metric, config.init_radius, config.margin,
-                                config.radius_policy, subjects)
+        with _private_copy(index_bytes) as index_path:
+            router = Router.restore(arrays, labels, index_path, config.metric, config.init_radius, config.margin,
+                                    config.radius_policy, subjects)
     except RuntimeError as exc:  # hnswlib's own complaint about a damaged index file
         raise BundleError(f"{path / INDEX}: unreadable index: {str(exc).splitlines()[0]}") from None
     validate.index_labels(router.index, n_clusters, path / INDEX)
     edits = [Edit(r["input"], r["target"], tuple(r.get("rephrases") or ()), r.get("id"), r.get("batch"), i + 1,
                   superseded=r.get("superseded"), subject=r.get("subject")) for i, r in enumerate(records)]
-    history = ([json.loads(line) for line in (path / HISTORY).read_text(encoding="utf-8").splitlines() if line.strip()]
-               if HISTORY in manifest.files else [])
+    try:
+        history = ([json.loads(line) for line in files[HISTORY].decode("utf-8").splitlines() if line.strip()]
+                   if HISTORY in files else [])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BundleError(f"{path / HISTORY}: not JSON lines") from None
     return Bundle(path, manifest, config, lora, router, edits, records, history)

@@ -2,8 +2,8 @@
 
 Results go to stdout (JSON where asked, or a rich table), progress and logs to stderr.
 Exit codes: 0 ok, 1 failure, 2 bad input, usage or bundle, 3 an eval gate failed,
-4 edits left unlearned (melo edit without --allow-partial), 75 the bundle is locked by another
-melo edit (try again later).
+4 edits left unlearned (melo edit without --allow-partial), 74 the bundle could not be written
+(nothing replaced), 75 the bundle is locked by another melo edit (try again later).
 
 Only what a command needs is imported, and inside it: `melo --help` and `melo inspect BUNDLE`
 never import torch or transformers.

@@ -1,4 +1,4 @@
-"""The three ways melo fails on purpose, each with its exit code.
+"""The ways melo fails on purpose, each with its exit code.
 
 The CLI maps these to exit codes; everything else that escapes is a bug or an environment
 problem and exits 1.
@@ -57,6 +57,13 @@ class Unlearned(MeloError):
     """Some edits were not learned within the step budget (and --allow-partial was not given): exit 4."""
 
     exit_code = 4
+
+
+class WriteFailed(MeloError):
+    """A bundle could not be written or did not read back as written (disk full, I/O error): exit 74
+    (EX_IOERR). Nothing was replaced: the old bundle, if any, is untouched."""
+
+    exit_code = 74
 
 
 class BundleBusy(MeloError):

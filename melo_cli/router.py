@@ -60,8 +60,11 @@ class Route:
 class Router:
     """Clusters of edit keys, their radii and blocks, and the hnswlib index over their centres."""
 
+    M = 16
+    """hnswlib's links per element; bundles are written (and their indexes checked) with this."""
+
     def __init__(self, dim: int, metric: str = "euclidean", init_radius: float = 1.0,
-                 ef: int = 64, M: int = 16, margin: float = 0.0, policy: str = "split"):
+                 ef: int = 64, M: int = M, margin: float = 0.0, policy: str = "split"):
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
         if policy not in POLICIES:

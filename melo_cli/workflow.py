@@ -77,8 +77,8 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
     in_place = continue_from is not None and out.resolve() == continue_from.resolve()
     if out.exists() and not opts.overwrite and not in_place:
         raise InputError(f"{out}: already exists; pass `overwrite` to replace it")
-    if out.exists() and not (out / bundle_io.MANIFEST).exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"{out}: exists and is not a melo bundle; refusing to replace it")
+    bundle_io.check_replaceable(out)
+    out = bundle_io.output_path(out)  # a link to a bundle: the bundle it names is replaced, the link stays
     new_edits = read_edits(edits_path, skip_invalid=opts.skip_invalid, report=report)
     batches(new_edits, opts.batch_size)  # checks --batch-size before anything loads
     holdout = read_holdout(opts.locality) if opts.locality is not None else []
