@@ -184,30 +184,15 @@ def _steps(value: str) -> int | str:
     return int(value)
 
 
-def _read_prompts(prompts: list[str]) -> list[str]:
-    """The prompts as given, or with `-` one per line of stdin (which must be UTF-8)."""
-    if prompts == ["-"]:
-        lines = []
-        for number, raw in enumerate(sys.stdin.buffer.read().split(b"\n"), 1):
-            try:
-                lines.append(raw.decode("utf-8").rstrip("\r"))
-            except UnicodeDecodeError as exc:
-                raise InputError(f"stdin line {number}: not valid UTF-8 (byte {exc.start + 1})") from None
-        return [line for line in lines if line.strip()]
-    for number, prompt in enumerate(prompts, 1):
-        try:
-            prompt.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError(f"prompt {number}: not valid UTF-8") from None
-    return prompts
-
-
 @app.command(cls=MeloCommand)
 @exits_cleanly
 def generate(
-    prompts: Annotated[list[str], typer.Argument(help="Prompts, or - to read one per line from stdin.",
-                                                 show_default=False, metavar="PROMPTS")],
+    prompts: Annotated[Optional[list[str]], typer.Argument(help="Prompts, or - to read one per line from stdin.",
+                                                           show_default=False, metavar="PROMPTS")] = None,
     bundle: Annotated[Optional[Path], typer.Option("--bundle", "-b", help="The edit bundle to apply.")] = None,
+    input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="Prompts as JSONL: objects with "
+                                                       "'prompt' (or 'input') and an optional 'id', kept in the "
+                                                       "output; - reads stdin. For prompts holding newlines.")] = None,
     base: Annotated[Optional[str], typer.Option(help="Base model (default: the one the bundle names). "
                                                      "Without --bundle: the bare base model.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt (causal LM, seq2seq).")] = 20,
@@ -234,10 +219,10 @@ def generate(
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
     if bundle is None and base is None:
         raise InputError("pass --bundle (and optionally --base), or --base alone for the bare model")
-    texts = _read_prompts(prompts)
-    if not texts:
-        raise InputError("no prompt given (stdin was empty)")
-    from . import workflow
+    from . import prompts as prompt_io, workflow
+
+    given = prompt_io.read(prompts, input_file)
+    texts = [p.text for p in given]
 
     if bundle is not None:
         _, edited = workflow.open_bundle(bundle, base=base, device=device, dtype=dtype, force_base=force_base,
@@ -248,10 +233,13 @@ def generate(
         bar = progress.add_task("generate", total=len(texts), note="")
         for start in range(0, len(texts), batch_size):
             chunk = texts[start:start + batch_size]
-            for prompt, pred in zip(chunk, edited.predict(chunk, max_new_tokens=max_new_tokens)):
+            for given_prompt, pred in zip(given[start:start + batch_size],
+                                          edited.predict(chunk, max_new_tokens=max_new_tokens)):
+                prompt = given_prompt.text
                 if json_out:
                     route = pred.route
-                    record = {"prompt": prompt}
+                    record = {"id": given_prompt.id} if given_prompt.id is not None else {}
+                    record["prompt"] = prompt
                     if pred.label is not None:
                         record.update(label=pred.label, probabilities=pred.probabilities)
                     else:
@@ -266,7 +254,7 @@ def generate(
             progress.update(bar, advance=len(chunk))
 
 
-from . import cli_eval, cli_inspect  # noqa: E402,F401  (register `melo eval` and `melo inspect` on app)
+from . import cli_eval, cli_inspect, cli_serve  # noqa: E402,F401  (register eval, inspect, route, export, forget)
 
 
 def main() -> None:

@@ -325,12 +325,12 @@ def test_edit_logs_one_line_per_batch_with_the_total_without_a_terminal(llama_pa
 
 
 def test_help_at_80_columns(tmp_path):
-    for command in ("edit", "generate", "eval", "inspect"):
+    for command in ("edit", "generate", "eval", "inspect", "route", "export", "forget"):
         result = melo(command, "--help", env={"COLUMNS": "80"})
         assert result.exit_code == 0
         assert "…" not in result.stdout and "<bool>" not in result.stdout, command
         assert all(len(line) <= 80 for line in result.stdout.splitlines())
-    assert "PROMPTS..." in melo("generate", "--help", env={"COLUMNS": "80"}).stdout.splitlines()[1]
+    assert "[PROMPTS]..." in melo("generate", "--help", env={"COLUMNS": "80"}).stdout.splitlines()[1]
     text = melo("edit", "--help", env={"COLUMNS": "200"}).stdout
     for cited in ("sample_models/stories260K", "sample_edits/counterfact-20.jsonl", "sample_edits/zsre-20.jsonl"):
         assert cited in text and (ROOT / cited).exists()
