@@ -256,7 +256,8 @@ class MeloModel:
         out = bundle_io.output_path(out)
         if self.edited.router is None:
             raise InputError("no edits yet: edit before saving", field="path")
-        counts = {"edits": len(self.records), "live_edits": sum("superseded" not in r for r in self.records),
+        counts = {"edits": len(self.records), "live_edits": sum("superseded" not in r and "forgotten" not in r
+                                                                for r in self.records),
                   "batches": self.batches_done, "blocks": self.edited.n_blocks, "clusters": len(self.edited.router)}
         extra = {bundle_io.HISTORY: "".join(json.dumps(r) + "\n" for r in self.history)} if self.history else None
         bundle_io.write(out, config=self.config, lora=self.edited.lora_state(), router=self.edited.router,

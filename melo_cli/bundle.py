@@ -487,7 +487,8 @@ def _load_pinned(pinned: _Pinned) -> Bundle:
         raise BundleError(f"{path / INDEX}: unreadable index: {str(exc).splitlines()[0]}") from None
     validate.index_labels(router.index, n_clusters, path / INDEX)
     edits = [Edit(r["input"], r["target"], tuple(r.get("rephrases") or ()), r.get("id"), r.get("batch"), i + 1,
-                  superseded=r.get("superseded"), subject=r.get("subject")) for i, r in enumerate(records)]
+                  superseded=r.get("superseded"), forgotten=r.get("forgotten"), subject=r.get("subject"))
+             for i, r in enumerate(records)]
     try:
         history = ([json.loads(line) for line in files[HISTORY].decode("utf-8").splitlines() if line.strip()]
                    if HISTORY in files else [])

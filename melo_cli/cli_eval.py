@@ -64,12 +64,14 @@ def eval_command(
         if bundle is None:
             raise InputError("--history needs --bundle")
         rows = bundle_io.load(bundle).history
-        if not rows:
+        retention = [r for r in rows if "event" not in r]  # events (a forget) are shown in JSON only
+        shown = rows if format == "json" else retention
+        if not shown or (plot is not None and not retention):
             raise InputError(f"{bundle}: has no history; edit with --eval-every K to record one")
-        print_history(rows, format == "json")
+        print_history(shown, format == "json")
         if plot is not None:
             from .plot import plot_history
-            plot_history(rows, plot)
+            plot_history(retention, plot)
         return
     if bundle is None and base is None:
         raise InputError("pass --bundle, or --base MODEL with --edits for the pre-edit numbers")

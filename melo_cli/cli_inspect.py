@@ -22,6 +22,9 @@ def inspect(
     model: Annotated[Optional[str], typer.Option("--model", help="Instead: show the task, LoRA layers and key layer "
                                                                  "melo would choose for this base model.")] = None,
     json_out: Annotated[bool, flag("--json", "Print JSON instead of a table.")] = False,
+    edits: Annotated[bool, flag("--edits", "List the bundle's edits: id, batch, block, cluster, and whether each "
+                                           "still routes to its own cluster (from its stored key: no model "
+                                           "is loaded).")] = False,
     task: Annotated[str, typer.Option(help="With --model: auto, causal-lm, seq2seq or classification.")] = "auto",
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -46,6 +49,9 @@ def inspect(
         stdout.print(table)
         return
     loaded = bundle_io.load(bundle)
+    if edits:
+        _print_edits(loaded, json_out)
+        return
     manifest = loaded.manifest.to_dict()
     info = {"bundle": str(bundle), "base_model": manifest["base_model"], "counts": manifest["counts"],
             "config": manifest["config"], "key_dim": manifest["key_dim"], "melo_version": manifest["melo_version"],
@@ -66,4 +72,38 @@ def inspect(
     table.add_row("router", f"{counts['clusters']} clusters; key {config['key_layer']} ({config['key_pooling']}, "
                             f"{config['metric']}, dim {manifest['key_dim']}); init radius {config['init_radius']:.4g}")
     table.add_row("made", f"melo {manifest['melo_version']}, {manifest['created']}")
+    stdout.print(table)
+
+
+def edit_rows(loaded) -> list[dict]:
+    """One row per edit of a bundle: where it lives in the router and whether its key still reaches it."""
+    router, rows = loaded.router, []
+    for n, (edit, record) in enumerate(zip(loaded.edits, loaded.records)):
+        cluster = router.cluster_of(n)
+        status = "forgotten" if edit.forgotten else "superseded" if edit.superseded else "live"
+        routes_home = None
+        if cluster is not None:
+            key = router.member_keys[router.member_edit == n][-1:]
+            routes_home = router.route(key, [edit.input])[0].cluster == cluster \
+                and router.route(key, [edit.input])[0].routed
+        rows.append({"edit": n + 1, "id": edit.id, "batch": record.get("batch"), "input": edit.input,
+                     "target": edit.target, "status": status, "cluster": cluster,
+                     "block": int(router.blocks[cluster]) if cluster is not None else None,
+                     "routes_to_own_cluster": routes_home})
+    return rows
+
+
+def _print_edits(loaded, json_out: bool) -> None:
+    rows = edit_rows(loaded)
+    if json_out:
+        for row in rows:
+            emit_json(row)
+        return
+    table = Table(title=f"edits of {loaded.path}")
+    for column in ("#", "id", "batch", "input", "target", "status", "cluster", "block", "routes home"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(str(r["edit"]), str(r["id"] or ""), str(r["batch"] or ""), r["input"], r["target"], r["status"],
+                      "" if r["cluster"] is None else str(r["cluster"]), "" if r["block"] is None else str(r["block"]),
+                      {True: "yes", False: "NO", None: ""}[r["routes_to_own_cluster"]])
     stdout.print(table)

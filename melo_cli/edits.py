@@ -41,13 +41,15 @@ class Edit:
     """Its position (from 1) in a file that is one JSON array, EasyEdit's format."""
     superseded: dict | None = None
     """For a bundle's edits: {"by": edit number, "at": time} once a later edit corrected it."""
+    forgotten: dict | None = None
+    """For a bundle's edits: {"at": time} once `melo forget` took it back."""
     subject: str | None = None
     """The entity the edit is about ("Danielle Darrieux"): inputs that do not mention it are not
     routed to this edit (the router's subject gate). CounterFact, zsRE and EasyEdit data carry it."""
 
     @property
     def live(self) -> bool:
-        return self.superseded is None
+        return self.superseded is None and self.forgotten is None
 
     def where(self, file: str | Path | None = None) -> dict:
         """The location keywords of an InputError about this edit."""

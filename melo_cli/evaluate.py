@@ -207,7 +207,8 @@ def right_block(edited: EditedModel, edit: Edit, route: Route, numbers: dict[tup
 
 def live_only(edits: list[Edit], bundle_edits: list[Edit]) -> list[Edit]:
     """The edits worth scoring: a later correction of the same input replaces an earlier one, in the
-    file and in the bundle (a superseded edit is no longer what the model should say)."""
+    file and in the bundle (a superseded edit is no longer what the model should say), and a
+    forgotten edit is not scored at all unless a live edit says the same again."""
     from .edits import normalise_input
     from .triage import triage
 
@@ -216,7 +217,7 @@ def live_only(edits: list[Edit], bundle_edits: list[Edit]) -> list[Edit]:
     live = {normalise_input(e.input): e.target for e in bundle_edits if e.live}
     gone = {(normalise_input(e.input), e.target) for e in bundle_edits if not e.live}
     return [e for e in kept if (normalise_input(e.input), e.target) not in gone
-            or live.get(normalise_input(e.input), e.target) == e.target]
+            or live.get(normalise_input(e.input)) == e.target]
 
 
 def evaluate(edited: EditedModel, edits: list[Edit], holdout: list[Holdout], modes: list[str], batch_size: int = 32,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import backbones, bundle as bundle_io, layers, training
+from . import backbones, bases, bundle as bundle_io, layers, training
 from .api import MeloModel
 from .config import MeloConfig
 from .edited_model import EditedModel
@@ -57,6 +57,22 @@ def open_bundle(path: str | Path, *, base: str | None = None, device: str = "aut
     model = MeloModel.from_pretrained(base, bundle=path, device=device, dtype=dtype, force_base=force_base,
                                       trust_remote_code=trust_remote_code)
     return model, model.edited
+
+
+def router_for(path: str | Path, *, base: str | None = None, device: str = "auto", dtype: str = "auto",
+               force_base: bool = False, trust_remote_code: bool = False):
+    """What routing alone needs: (the loaded bundle, texts -> routes). With sentence-encoder keys only
+    the encoder is loaded, never the base model; with base-model keys the model runs to the key layer."""
+    loaded = bundle_io.load(path)
+    if loaded.config.key_source == "encoder":
+        import numpy as np
+
+        encoder = bases.load_encoder(loaded.config, backbones.resolve_device(device), loaded.manifest, force_base,
+                                     trust_remote_code)
+        return loaded, lambda texts: loaded.router.route(encoder.keys(texts).numpy().astype(np.float32), texts)
+    _, edited = open_bundle(path, base=base, device=device, dtype=dtype, force_base=force_base,
+                            trust_remote_code=trust_remote_code)
+    return loaded, edited.route
 
 
 @dataclass

@@ -1,0 +1,107 @@
+"""Taking edits back (`melo forget B --id ID... -o OUT`): a legal takedown, a fact that was wrong.
+
+The forgotten edits leave the router: their members are retired, and a cluster left with no member
+leaves the search. A forgotten input that would still reach a block (its cluster keeps other members,
+or another cluster's radius covers it) becomes a negative: the covering clusters shrink so that it
+routes to no block, and so gets the base model's output bit for bit. A block that no live cluster
+uses any more is zeroed; every other block stays bit-identical. edits.jsonl marks each forgotten
+edit ("forgotten": {"at": ...}), and history.jsonl gets an event row saying what went and when.
+
+It works on the bundle alone (the keys are the router's stored member keys): no model is loaded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from . import bundle as bundle_io
+from .errors import InputError
+from .locks import bundle_locks
+from .router import NEGATIVE
+
+log = logging.getLogger("melo")
+
+
+def select(records: list[dict], ids: list[str], batches: list[str]) -> list[int]:
+    """Edit numbers (0-based) named by id or by batch; every name must match a live edit."""
+    by_id: dict[str, list[int]] = {}
+    by_batch: dict[str, list[int]] = {}
+    for n, r in enumerate(records):
+        if r.get("id") is not None:
+            by_id.setdefault(str(r["id"]), []).append(n)
+        if r.get("batch") is not None:
+            by_batch.setdefault(str(r["batch"]), []).append(n)
+    chosen: list[int] = []
+    for name, table, what in [(i, by_id, "id") for i in ids] + [(b, by_batch, "batch") for b in batches]:
+        if name not in table:
+            raise InputError(f"no edit with {what} {name!r} in the bundle", field=what)
+        chosen += table[name]
+    gone = [n for n in chosen if "forgotten" in records[n]]
+    if gone:
+        raise InputError(f"edit {records[gone[0]].get('id', gone[0] + 1)!r} was already forgotten", field="id")
+    return sorted(set(chosen))
+
+
+def _live_blocks(router) -> set[int]:
+    return {int(b) for b, retired, label in zip(router.blocks, router.retired, router.labels)
+            if b >= 0 and not retired and label != NEGATIVE}
+
+
+def forget(bundle: Path, out: Path, ids: list[str], batches: list[str], *, overwrite: bool = False,
+           wait: float = 0.0) -> dict:
+    """Write `out`: the bundle without the named edits (see the module docstring). Returns a summary."""
+    if not ids and not batches:
+        raise InputError("name the edits to forget: --id ID (repeatable) or --batch N")
+    in_place = Path(out).resolve() == Path(bundle).resolve()
+    if out.exists() and not overwrite and not in_place:
+        raise InputError(f"{out}: already exists; pass `overwrite` to replace it")
+    bundle_io.check_replaceable(out)
+    out = bundle_io.output_path(out)
+    with bundle_locks([out], wait):
+        loaded = bundle_io.load(bundle)
+        numbers = select(loaded.records, ids, batches)
+        router, edits = loaded.router, loaded.edits
+        blocks_before = _live_blocks(router)
+        keys = {n: router.member_keys[router.member_edit == n] for n in numbers}
+        for n in numbers:
+            router.retire_edit(n)
+        negatives = 0
+        for n in numbers:  # inputs that would still reach a block become negatives
+            for key in keys[n]:
+                if router.route(key[None], [edits[n].input])[0].routed:
+                    router.add_negative(key)
+                    negatives += 1
+        still = [n for n in numbers for key in keys[n] if router.route(key[None], [edits[n].input])[0].routed]
+        if still:  # the shrink rule guarantees this; a bundle that breaks it is not written
+            raise InputError(f"edit {edits[still[0]].id or still[0] + 1} still routes to a block after forgetting")
+        zeroed = sorted(blocks_before - _live_blocks(router))
+        lora = {name: np.array(array, copy=True) for name, array in loaded.lora.items()}
+        for block in zeroed:
+            for array in lora.values():
+                array[block] = 0.0
+        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+        records = [dict(r) for r in loaded.records]
+        for n in numbers:
+            records[n]["forgotten"] = {"at": now}
+        broken = [n for n, e in enumerate(edits) if e.live and n not in numbers and router.cluster_of(n) is not None
+                  and router.route(router.member_keys[router.member_edit == n][-1:], [e.input])[0].cluster
+                  != router.cluster_of(n)]
+        if broken:
+            log.warning("%d other edit(s) no longer route to their own cluster after the shrink: %s", len(broken),
+                        ", ".join(str(edits[n].id or n + 1) for n in broken[:5]))
+        event = {"event": "forget", "at": now, "edits": [edits[n].id or n + 1 for n in numbers],
+                 "blocks_zeroed": zeroed, "negatives": negatives}
+        history = loaded.history + [event]
+        counts = dict(loaded.manifest.counts)
+        counts["live_edits"] = sum("superseded" not in r and "forgotten" not in r for r in records)
+        counts["clusters"] = len(router)
+        bundle_io.write(out, config=loaded.config, lora=lora, router=router, records=records, base=loaded.base,
+                        counts=counts, key_encoder=loaded.manifest.key_encoder,
+                        extra_files={bundle_io.HISTORY: "".join(json.dumps(r) + "\n" for r in history)})
+    return {"bundle": str(out), "forgotten": len(numbers), "ids": event["edits"], "blocks_zeroed": zeroed,
+            "negatives": negatives, "live_edits": counts["live_edits"], "unrouted_other_edits": len(broken)}
