@@ -217,16 +217,29 @@ class MeloModel:
         self.batches_done += len(groups)
 
     # -- running ------------------------------------------------------------------------------
-    def predict(self, prompts: list[str], max_new_tokens: int = 20) -> list[Prediction]:
-        """Greedy text (or label) per prompt, with the route each took."""
+    def predict(self, prompts: list[str], max_new_tokens: int = 20, *, temperature: float = 0.0, top_p: float = 1.0,
+                seed: int | None = None, chat: bool = False, system: str | None = None) -> list[Prediction]:
+        """Text (or label) per prompt, with the route each took: greedy unless `temperature` > 0
+        (then sampled, with `top_p` and a `seed` for repeatable draws); `chat` wraps each prompt in the
+        tokenizer's chat template (after an optional `system` turn), while the router still sees the
+        prompt as written. Generation stops at EOS."""
+        from .generation import Sampling, apply_chat
+
         _check_prompts(prompts)
         if max_new_tokens < 1:
             raise InputError(f"expected a whole number >= 1, got {max_new_tokens}", field="max_new_tokens")
-        return self.edited.predict(list(prompts), max_new_tokens=max_new_tokens)
+        sampling = Sampling(temperature, top_p, seed)
+        if system is not None and not chat:
+            raise InputError("`system` goes with `chat`")
+        if not chat:
+            return self.edited.predict(list(prompts), max_new_tokens=max_new_tokens, sampling=sampling)
+        templated = apply_chat(self.tokenizer, list(prompts), system)
+        return self.edited.predict(templated, max_new_tokens=max_new_tokens, sampling=sampling,
+                                   route_texts=list(prompts))
 
-    def generate(self, prompts: list[str], max_new_tokens: int = 20) -> list[str]:
-        """Greedy continuations (classifiers: labels), one per prompt."""
-        return [p.text if p.label is None else p.label for p in self.predict(prompts, max_new_tokens)]
+    def generate(self, prompts: list[str], max_new_tokens: int = 20, **options) -> list[str]:
+        """Continuations (classifiers: labels), one per prompt; `options` as for `predict`."""
+        return [p.text if p.label is None else p.label for p in self.predict(prompts, max_new_tokens, **options)]
 
     def route(self, prompts: list[str]) -> list[Route]:
         """Where each prompt goes (cluster, distance, block), without running the model past the keys."""

@@ -198,6 +198,14 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt (causal LM, seq2seq).")] = 20,
     batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 16,
     json_out: Annotated[bool, flag("--json", "One JSON object per prompt: text or label, route.")] = False,
+    temperature: Annotated[float, typer.Option(help="0: greedy (the default); above 0: sample at this temperature.")
+                           ] = 0.0,
+    top_p: Annotated[float, typer.Option(help="With --temperature: nucleus sampling over this much probability.")
+                     ] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(help="With --temperature: a seed, for repeatable samples.")] = None,
+    chat: Annotated[bool, flag("--chat", "Wrap each prompt in the tokenizer's chat template (instruct models); "
+                                         "the router still sees the prompt as written.")] = False,
+    system: Annotated[Optional[str], typer.Option(help="With --chat: a system message before each prompt.")] = None,
     force_base: ForceBase = False,
     trust_remote_code: TrustRemoteCode = False,
     device: Device = "auto",
@@ -220,7 +228,11 @@ def generate(
     if bundle is None and base is None:
         raise InputError("pass --bundle (and optionally --base), or --base alone for the bare model")
     from . import prompts as prompt_io, workflow
+    from .generation import Sampling, apply_chat
 
+    sampling = Sampling(temperature, top_p, seed)  # checked before any model loads
+    if system is not None and not chat:
+        raise InputError("--system goes with --chat")
     given = prompt_io.read(prompts, input_file)
     texts = [p.text for p in given]
 
@@ -233,8 +245,10 @@ def generate(
         bar = progress.add_task("generate", total=len(texts), note="")
         for start in range(0, len(texts), batch_size):
             chunk = texts[start:start + batch_size]
-            for given_prompt, pred in zip(given[start:start + batch_size],
-                                          edited.predict(chunk, max_new_tokens=max_new_tokens)):
+            shown = apply_chat(edited.backbone.tokenizer, chunk, system) if chat else chunk
+            predictions = edited.predict(shown, max_new_tokens=max_new_tokens, sampling=sampling,
+                                         route_texts=chunk if chat else None)
+            for given_prompt, pred in zip(given[start:start + batch_size], predictions):
                 prompt = given_prompt.text
                 if json_out:
                     route = pred.route

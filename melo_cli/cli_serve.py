@@ -44,9 +44,9 @@ def route(
     from .export import adapter_name
 
     given = prompt_io.read(prompts, input_file)
-    loaded, route_texts = workflow.router_for(bundle, base=base, device=device, dtype=dtype, force_base=force_base,
+    router, route_texts = workflow.router_for(bundle, base=base, device=device, dtype=dtype, force_base=force_base,
                                               trust_remote_code=trust_remote_code)
-    labels = loaded.router.labels
+    labels = router.labels
     with progress_bar("routing", "prompts") as progress:
         bar = progress.add_task("route", total=len(given), note="")
         for start in range(0, len(given), batch_size):

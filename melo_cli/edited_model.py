@@ -20,6 +20,7 @@ from torch import nn
 from . import lengths, prefix, tasks
 from .backbones import Backbone
 from .config import MeloConfig
+from .generation import Sampling, eos_ids
 from .keys import SentenceEncoder, hidden_of, pool
 from .lora import BlockLoRA
 from .prefix import FrozenPrefix
@@ -111,6 +112,12 @@ class EditedModel:
         with self.routes.by_key(key_mask, lambda keys: self._route_keys(keys, texts, found)):
             yield found
 
+    @contextmanager
+    def _fixed_routes(self, routes: list[Route], device) -> Iterator[list[Route]]:
+        """A scope with routes decided beforehand (the router saw other texts than the model will)."""
+        with self.routes.fixed(torch.tensor([r.block for r in routes], dtype=torch.long, device=device)):
+            yield list(routes)
+
     @property
     def n_blocks(self) -> int:
         return max((layer.n_blocks for layer in self.layers.values()), default=0)
@@ -195,19 +202,31 @@ class EditedModel:
         return self.router.route(keys, texts) if len(texts) else []
 
     @torch.no_grad()
-    def predict(self, inputs: list[str], max_new_tokens: int = 20, route: bool = True) -> list[Prediction]:
-        """Greedy text (causal LM, seq2seq) or label (classification) for each input."""
+    def predict(self, inputs: list[str], max_new_tokens: int = 20, route: bool = True,
+                sampling: Sampling | None = None, route_texts: list[str] | None = None) -> list[Prediction]:
+        """Text (causal LM, seq2seq; greedy unless `sampling` says otherwise, up to EOS) or label
+        (classification) for each input. `route_texts`, when given, are what the router sees instead of
+        the inputs (the user's prompts, when the inputs are them in a chat template)."""
         backbone = self.backbone
+        sampling = sampling or Sampling()
         enc = _fit_positions(backbone, tasks.encode(backbone, inputs), max_new_tokens).to(backbone.device)
-        scope = self.routed(enc.key_mask, inputs) if route else _no_routes(len(inputs))
+        if not route:
+            scope = _no_routes(len(inputs))
+        elif route_texts is not None:
+            scope = self._fixed_routes(self.route(route_texts), enc.key_mask.device)
+        else:
+            scope = self.routed(enc.key_mask, inputs)
         task = self.task
         with scope as found:
             if not task.generates:
                 probs = torch.softmax(self._forward(enc.inputs).logits.float(), -1).cpu()
             else:
                 kwargs = {k: v for k, v in enc.inputs.items() if k != "position_ids"}
-                generated = backbone.model.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False,
-                                                    num_beams=1, pad_token_id=backbone.pad_id)
+                if sampling.seed is not None:
+                    torch.manual_seed(sampling.seed)
+                generated = backbone.model.generate(**kwargs, max_new_tokens=max_new_tokens, **sampling.generate_kwargs(),
+                                                    pad_token_id=backbone.pad_id,
+                                                    eos_token_id=eos_ids(backbone.model, backbone.tokenizer))
         if not found:
             found.extend(Route(None, None, NO_BLOCK) for _ in inputs)
         results = []

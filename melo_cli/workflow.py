@@ -61,7 +61,7 @@ def open_bundle(path: str | Path, *, base: str | None = None, device: str = "aut
 
 def router_for(path: str | Path, *, base: str | None = None, device: str = "auto", dtype: str = "auto",
                force_base: bool = False, trust_remote_code: bool = False):
-    """What routing alone needs: (the loaded bundle, texts -> routes). With sentence-encoder keys only
+    """What routing alone needs: (the bundle's router, texts -> routes). With sentence-encoder keys only
     the encoder is loaded, never the base model; with base-model keys the model runs to the key layer."""
     loaded = bundle_io.load(path)
     if loaded.config.key_source == "encoder":
@@ -69,10 +69,11 @@ def router_for(path: str | Path, *, base: str | None = None, device: str = "auto
 
         encoder = bases.load_encoder(loaded.config, backbones.resolve_device(device), loaded.manifest, force_base,
                                      trust_remote_code)
-        return loaded, lambda texts: loaded.router.route(encoder.keys(texts).numpy().astype(np.float32), texts)
+        return loaded.router, lambda texts: loaded.router.route(encoder.keys(texts).numpy().astype(np.float32), texts)
+    del loaded
     _, edited = open_bundle(path, base=base, device=device, dtype=dtype, force_base=force_base,
                             trust_remote_code=trust_remote_code)
-    return loaded, edited.route
+    return edited.router, edited.route
 
 
 @dataclass

@@ -64,3 +64,9 @@ def test_cost_benchmark_smoke(shared, tmp_path):
     assert set(results) == {"melo", "full-passes", "reference-regime"}
     assert results["reference-regime"]["steps_per_batch"] == [50, 50]
     assert results["melo"]["edit_success"] == 1.0
+
+
+def test_routecost_benchmark_smoke(shared, tmp_path):
+    data = run_benchmark("routecost.py", "--model", "stories260K", "--n", "4", "--reps", "1", out=tmp_path)
+    assert set(data["results"]) == {"encoder", "base"}
+    assert all(r["generate_over_route"] > 0 and r["routed"] >= 1 for r in data["results"].values())

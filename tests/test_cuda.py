@@ -45,7 +45,9 @@ def test_a_bundle_made_on_cuda_routes_and_answers_the_same_on_the_cpu(llama_path
 
 
 def test_the_replayed_prefix_is_exact_on_cuda(llama_path):
-    from melo_cli import backbones, layers, prefix, tasks
+    from test_prefix import _loss_and_grads
+
+    from melo_cli import backbones, layers, tasks
     from melo_cli.config import MeloConfig
     from melo_cli.edited_model import EditedModel
 
@@ -60,23 +62,8 @@ def test_the_replayed_prefix_is_exact_on_cuda(llama_path):
             layer.train_B.copy_(torch.randn(layer.train_B.shape, generator=generator) * 0.05)
     edits = load_edits("counterfact-20.jsonl", 6)
     enc = tasks.encode(backbone, [e["input"] for e in edits], [e["target"] for e in edits]).to(backbone.device)
-    inputs, targets, aligned = tasks.narrowed(backbone, enc)
-    params = [p for layer in edited.layers.values() for p in (layer.train_A, layer.train_B)]
-    ids = torch.zeros(enc.inputs["input_ids"].shape[0], dtype=torch.long, device=backbone.device)
-    frozen = prefix.frozen_prefix(backbone.model, edited.config.lora_layers)
-    results = []
-    for replay in (False, True):
-        with edited.routes.fixed(ids), torch.enable_grad():
-            if replay:
-                with torch.no_grad(), frozen.capturing():
-                    edited._forward(inputs)
-                with frozen.replaying():
-                    logits = edited._forward(inputs).logits
-            else:
-                logits = edited._forward(inputs).logits
-            loss = tasks.score(backbone, logits, targets, aligned, tasks.rows_of(enc) if aligned else None)[0].mean()
-            results.append((loss.detach(), torch.autograd.grad(loss, params)))
-    (full_loss, full_grads), (split_loss, split_grads) = results
+    full_loss, full_grads = _loss_and_grads(edited, enc, replay=False)
+    split_loss, split_grads = _loss_and_grads(edited, enc, replay=True)
     assert torch.allclose(split_loss, full_loss, rtol=1e-5, atol=1e-6)
     for a, b in zip(split_grads, full_grads):
         assert a.device.type == "cuda" and torch.allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -116,3 +103,9 @@ def test_smollm2_on_cuda(dtype):
     texts = model.generate([f["input"] for f in facts], max_new_tokens=8)
     assert all(t.strip().startswith(f["target"]) for t, f in zip(texts, facts)), texts
     assert model.generate(unrelated, max_new_tokens=8) == before
+
+
+def test_sampling_with_a_seed_is_repeatable_on_cuda(llama_path):
+    model = MeloModel.from_pretrained(llama_path, device="cuda", key_source="base")
+    draws = [model.generate(UNRELATED, max_new_tokens=12, temperature=1.2, seed=s) for s in (5, 5, 6)]
+    assert draws[0] == draws[1] and draws[0] != model.generate(UNRELATED, max_new_tokens=12)

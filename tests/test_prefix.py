@@ -22,7 +22,7 @@ def _loss_and_grads(edited, enc, replay: bool):
     backbone = edited.backbone
     inputs, targets, aligned = tasks.narrowed(backbone, enc)
     params = [p for layer in edited.layers.values() for p in (layer.train_A, layer.train_B)]
-    ids = torch.zeros(enc.inputs["input_ids"].shape[0], dtype=torch.long)
+    ids = torch.zeros(enc.inputs["input_ids"].shape[0], dtype=torch.long, device=backbone.device)
     frozen = prefix.frozen_prefix(backbone.model, edited.config.lora_layers)
     assert frozen is not None and frozen.k >= 1
     with edited.routes.fixed(ids), torch.enable_grad():

@@ -101,3 +101,18 @@ def test_without_the_gguf_extra_a_gguf_base_is_a_one_line_error(smollm2, tmp_pat
     monkeypatch.setitem(sys.modules, "gguf", None)
     result = melo("inspect", "--model", smollm2)
     assert result.exit_code == 2 and "melo-cli[gguf]" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_chat_template_system_turn_and_stop_at_eos(smol_bundle):
+    """An instruct model answers inside its chat template and stops at its end-of-turn token; the
+    router still sees the prompt as written, so an edit applies in chat too."""
+    bundle, _ = smol_bundle
+    edit = load_edits("counterfact-20.jsonl", 1)[0]
+    result = melo("generate", "--bundle", bundle, "--json", "--chat", "--system", "Answer in one short sentence.",
+                  "--max-new-tokens", "40", "What is the capital of France?", edit["input"])
+    assert result.exit_code == 0, result.stderr
+    capital, edited = json_lines(result.stdout)
+    assert "Paris" in capital["text"] and capital["route"] is None
+    assert len(capital["text"].split()) < 25  # stopped at the end of its turn, not at 40 tokens
+    plain = json_lines(melo("generate", "--bundle", bundle, "--json", edit["input"]).stdout)[0]
+    assert edited["route"] == plain["route"] and edited["route"] is not None

@@ -183,3 +183,36 @@ def test_export_refuses_to_replace_what_it_did_not_write(journey, tmp_path):
     (tmp_path / "x" / "keep.txt").write_text("mine")
     result = melo("export", journey["forgotten"], "-o", tmp_path / "x", "--overwrite")
     assert result.exit_code == 2 and (tmp_path / "x" / "keep.txt").exists()
+
+
+# -- generation options --------------------------------------------------------------------------------
+def test_sampling_is_repeatable_with_a_seed_and_greedy_by_default(journey):
+    args = ["generate", "--bundle", journey["forgotten"], "--json", "--max-new-tokens", "16", "Once upon a time"]
+    greedy = json_lines(melo(*args).stdout)[0]["text"]
+    assert json_lines(melo(*args, "--temperature", "0").stdout)[0]["text"] == greedy
+    first = json_lines(melo(*args, "--temperature", "1.5", "--seed", "3").stdout)[0]["text"]
+    assert json_lines(melo(*args, "--temperature", "1.5", "--seed", "3").stdout)[0]["text"] == first
+    draws = {json_lines(melo(*args, "--temperature", "1.5", "--seed", str(s)).stdout)[0]["text"] for s in range(4)}
+    assert len(draws) > 1
+    for bad in (["--temperature", "-1"], ["--top-p", "0"], ["--seed", "-2"], ["--system", "hi"], ["--chat"]):
+        result = melo(*args, *bad)
+        assert result.exit_code == 2 and result.stderr.strip().startswith("melo: error: "), (bad, result.stderr)
+
+
+def test_chat_routes_on_the_prompt_as_written(journey, llama_path, tmp_path):
+    """A tokenizer with a chat template: the model sees the template, the router the user's prompt."""
+    import shutil
+
+    base = tmp_path / "chatty"
+    shutil.copytree(llama_path, base)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}[assistant] {% endif %}")
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    fact = next(f for f in journey["facts"] if f["id"] not in journey["gone"])
+    args = ["generate", "--bundle", journey["forgotten"], "--base", base, "--json", fact["input"]]
+    plain = json_lines(melo(*args).stdout)[0]
+    chat = melo(*args, "--chat", "--system", "Be brief.")
+    assert chat.exit_code == 0, chat.stderr
+    chatted = json_lines(chat.stdout)[0]
+    assert chatted["route"] == plain["route"] and chatted["route"] is not None

@@ -1,0 +1,63 @@
+"""How text is generated: greedy by default; sampling (`temperature`, `top_p`, `seed`) when asked;
+a chat model's template around each prompt when asked (`chat`, `system`); generation stops at EOS.
+
+With a chat template the router still sees the user's prompt as written (that is what edits are
+keyed on), and only the model sees the templated text.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0
+    """0 is greedy decoding (the default); above 0 samples with this temperature."""
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature >= 0):
+            raise InputError(f"`temperature` {self.temperature}: expected a finite number >= 0 (0: greedy)")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise InputError(f"`top_p` {self.top_p}: expected a number in (0, 1]")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise InputError(f"`seed` {self.seed}: expected a whole number >= 0")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def generate_kwargs(self) -> dict:
+        if self.greedy:
+            return {"do_sample": False, "num_beams": 1}
+        return {"do_sample": True, "num_beams": 1, "temperature": float(self.temperature), "top_p": float(self.top_p),
+                "top_k": 0}
+
+
+def eos_ids(model, tokenizer) -> list[int] | None:
+    """Every token that ends a reply: the generation config's EOS ids and the tokenizer's (a chat
+    model's end-of-turn token is often only in one of them)."""
+    found = []
+    for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(token, int) and token not in found:
+                found.append(token)
+    return found or None
+
+
+def apply_chat(tokenizer, prompts: list[str], system: str | None) -> list[str]:
+    """Each prompt as a user turn (after an optional system turn) in the tokenizer's chat template,
+    ending where the assistant's reply starts."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError("this model's tokenizer has no chat template; drop `chat`")
+    out = []
+    for prompt in prompts:
+        turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        out.append(tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
+    return out
