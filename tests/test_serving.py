@@ -216,3 +216,18 @@ def test_chat_routes_on_the_prompt_as_written(journey, llama_path, tmp_path):
     assert chat.exit_code == 0, chat.stderr
     chatted = json_lines(chat.stdout)[0]
     assert chatted["route"] == plain["route"] and chatted["route"] is not None
+
+
+def test_forget_waits_for_the_lock_like_edit(journey, tmp_path):
+    import shutil
+
+    from melo_cli.locks import bundle_lock
+
+    bundle = tmp_path / "b"
+    shutil.copytree(journey["edited"], bundle)
+    before = tree_digest(bundle)
+    with bundle_lock(bundle):
+        result = melo("forget", bundle, "-o", bundle, "--id", journey["gone"][0])
+    assert result.exit_code == 75 and tree_digest(bundle) == before
+    result = melo("forget", bundle, "-o", bundle, "--id", journey["gone"][0])
+    assert result.exit_code == 0 and [p.name for p in tmp_path.iterdir()] == ["b"]
