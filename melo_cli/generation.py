@@ -56,8 +56,13 @@ def apply_chat(tokenizer, prompts: list[str], system: str | None) -> list[str]:
     ending where the assistant's reply starts."""
     if not getattr(tokenizer, "chat_template", None):
         raise InputError("this model's tokenizer has no chat template; drop `chat`")
+    bos = tokenizer.bos_token
+    adds_bos = bos is not None and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]
     out = []
     for prompt in prompts:
         turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        out.append(tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
+        text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        if adds_bos and text.startswith(bos):  # the template writes BOS and encoding adds it again: keep one
+            text = text[len(bos):]
+        out.append(text)
     return out

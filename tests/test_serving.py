@@ -231,3 +231,15 @@ def test_forget_waits_for_the_lock_like_edit(journey, tmp_path):
     assert result.exit_code == 75 and tree_digest(bundle) == before
     result = melo("forget", bundle, "-o", bundle, "--id", journey["gone"][0])
     assert result.exit_code == 0 and [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def test_a_template_that_writes_bos_gets_one_bos(llama_path):
+    from transformers import AutoTokenizer
+
+    from melo_cli.generation import apply_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_path)
+    tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (text,) = apply_chat(tokenizer, ["Once upon a time"], None)
+    ids = tokenizer(text).input_ids
+    assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
