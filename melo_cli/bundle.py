@@ -347,13 +347,15 @@ def _manifest_from(pinned: _Pinned) -> Manifest:
 def read_manifest(path: Path) -> Manifest:
     """The manifest alone, checked (for `inspect` and for deciding what may be replaced)."""
     path = Path(path)
-    pinned = _Pinned(path)
-    try:
-        return _manifest_from(pinned)
-    except _Swapped:
-        return read_manifest(path)
-    finally:
-        pinned.close()
+    for _ in range(ATTEMPTS):
+        pinned = _Pinned(path)
+        try:
+            return _manifest_from(pinned)
+        except _Swapped:
+            continue
+        finally:
+            pinned.close()
+    raise BundleError(f"{path}: replaced {ATTEMPTS} times while it was being read; try again")
 
 
 def _verified_files(pinned: _Pinned, manifest: Manifest) -> dict[str, bytes]:
@@ -434,7 +436,7 @@ def load(path: str | Path) -> Bundle:
     path = Path(path)
     if not path.exists():
         clean_stale(path)
-    for attempt in range(ATTEMPTS):
+    for _ in range(ATTEMPTS):
         pinned = _Pinned(path)
         try:
             return _load_pinned(pinned)

@@ -355,3 +355,11 @@ def test_json_output_is_strict_json(capsys):
     emit_json({"loss": float("nan"), "radius": [float("inf"), 1.5], "n": 2})
     assert json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(c)) == \
         {"loss": None, "radius": [None, 1.5], "n": 2}
+
+
+def test_the_index_copy_works_without_memfd(twenty, monkeypatch):
+    """Where the OS has no anonymous memory files (macOS), hnswlib reads a private temp file."""
+    monkeypatch.delattr(os, "memfd_create", raising=False)
+    loaded = bundle_io.load(twenty)
+    assert len(loaded.router) == loaded.manifest.counts["clusters"] >= 15
+    assert loaded.router.nearest(loaded.router.centres[:1])[0][0][0] == 0
