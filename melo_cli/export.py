@@ -22,7 +22,10 @@ from . import bundle as bundle_io
 from .errors import InputError
 from .router import NEGATIVE
 
-TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "classification": "SEQ_CLS"}
+TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "classification": None}
+"""peft's task type per melo task. Classifiers get none: peft's SEQ_CLS expects the classification head
+in every adapter (as a module to save), and melo never changes the head, so the adapter would have to
+carry the base model's own head; without a task type peft applies the LoRA and leaves the head as it is."""
 
 
 def adapter_name(block: int) -> str:

@@ -243,3 +243,33 @@ def test_a_template_that_writes_bos_gets_one_bos(llama_path):
     (text,) = apply_chat(tokenizer, ["Once upon a time"], None)
     ids = tokenizer(text).input_ids
     assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
+
+
+@pytest.mark.parametrize("kind", ["t5", "bert"])
+def test_exported_seq2seq_and_classifier_adapters_match_with_peft(kind, t5_paths, bert_path, tmp_path):
+    """T5 (LoRA in the decoder, task SEQ_2_SEQ_LM) and BERT (SEQ_CLS, whose classifier peft keeps as is)."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    base = t5_paths["relu"] if kind == "t5" else bert_path
+    sample = "counterfact-20.jsonl" if kind == "t5" else "classification-20.jsonl"
+    facts = load_edits(sample, 2)
+    bundle = tmp_path / "b"
+    result = melo("edit", base, write_jsonl(tmp_path / "e.jsonl", facts), "-o", bundle, "--key-source", "base",
+                  "--allow-partial")
+    assert result.exit_code == 0, result.stderr
+    assert melo("export", bundle, "-o", tmp_path / "x").exit_code == 0
+    model = MeloModel.from_pretrained(bundle=bundle, device="cpu")
+    block = model.route([facts[0]["input"]])[0].block
+    assert block >= 0
+    ids = dict(AutoTokenizer.from_pretrained(base)(facts[0]["input"], return_tensors="pt"))
+    if kind == "t5":
+        ids["decoder_input_ids"] = torch.tensor([[0, 5, 7]])
+    with torch.no_grad(), model.edited.routes.fixed(torch.tensor([block])):
+        ours = model.model(**ids).logits
+    auto = AutoModelForSeq2SeqLM if kind == "t5" else AutoModelForSequenceClassification
+    plain_model = auto.from_pretrained(base, dtype=torch.float32)
+    with torch.no_grad():
+        plain = plain_model(**ids).logits
+        served = peft.PeftModel.from_pretrained(plain_model, tmp_path / "x" / f"block-{block}")(**ids).logits
+    assert torch.allclose(served, ours, rtol=1e-5, atol=1e-5) and not torch.equal(served, plain)
