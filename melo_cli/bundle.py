@@ -21,10 +21,7 @@ import hashlib
 import json
 import os
 import shutil
-import stat
-import tempfile
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +29,7 @@ import numpy as np
 from safetensors.numpy import load as numpy_from_bytes, save as numpy_to_bytes
 
 from . import hnsw_file, validate
+from .snapshot import Snapshot, Swapped, private_copy
 from .config import MeloConfig
 from .edits import Edit
 from .errors import BundleError, InputError, WriteFailed
@@ -259,84 +257,11 @@ def publish(tmp: Path, out: Path) -> None:
 
 
 # -- reading ------------------------------------------------------------------------------------
-class _Swapped(Exception):
-    """The pinned directory lost a file: a writer swapped the bundle out while it was read."""
+def _snapshot(path: Path) -> Snapshot:
+    return Snapshot(path, (MANIFEST, LORA, INDEX, CLUSTERS, EDITS, CARD, HISTORY), MANIFEST)
 
 
-class _Pinned:
-    """A bundle directory opened once, with the files a bundle holds opened at once beside it (so a
-    writer that swaps the directory out a moment later cannot take them away); every file is read
-    through its descriptor, exactly once."""
-
-    KNOWN = (MANIFEST, LORA, INDEX, CLUSTERS, EDITS, CARD, HISTORY)
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        except FileNotFoundError:
-            raise BundleError(f"{path}: no such bundle") from None
-        except NotADirectoryError:
-            raise BundleError(f"{path}: not a melo bundle (not a directory)") from None
-        self.opened: dict[str, int | OSError] = {}
-        for name in self.KNOWN:
-            try:
-                self.opened[name] = self._open(name)
-            except OSError as exc:
-                self.opened[name] = exc
-
-    def _open(self, name: str) -> int:
-        # O_NOFOLLOW: a link is refused (ELOOP); O_NONBLOCK: a FIFO planted as a file cannot hang the read
-        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self.fd)
-
-    def close(self) -> None:
-        for fd in self.opened.values():
-            if isinstance(fd, int):
-                os.close(fd)
-        self.opened.clear()
-        os.close(self.fd)
-
-    def _swapped_out(self) -> bool:
-        try:
-            now = os.stat(self.path)
-        except FileNotFoundError:
-            return True
-        pinned = os.fstat(self.fd)
-        return (now.st_dev, now.st_ino) != (pinned.st_dev, pinned.st_ino)
-
-    def open(self, name: str) -> int:
-        """The descriptor of the plain file `name` in the pinned directory, handed over to the caller."""
-        fd = self.opened.pop(name, None)
-        try:
-            if fd is None:
-                fd = self._open(name)
-            elif isinstance(fd, OSError):
-                raise fd
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise BundleError(f"{self.path / name}: is a symbolic link; a bundle's files are its own") from None
-            if exc.errno == errno.ENOENT:
-                if self._swapped_out():
-                    raise _Swapped(name) from None
-                if name == MANIFEST:
-                    raise BundleError(f"{self.path}: not a melo bundle (no {MANIFEST})") from None
-                raise BundleError(f"{self.path / name}: missing from the bundle") from None
-            raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise BundleError(f"{self.path / name}: not a plain file in the bundle")
-        return fd
-
-    @staticmethod
-    def read_fd(fd: int) -> bytes:
-        with os.fdopen(fd, "rb") as f:
-            return f.read()
-
-    def read(self, name: str) -> bytes:
-        return self.read_fd(self.open(name))
-
-
-def _manifest_from(pinned: _Pinned) -> Manifest:
+def _manifest_from(pinned: Snapshot) -> Manifest:
     try:
         text = pinned.read(MANIFEST).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -348,17 +273,17 @@ def read_manifest(path: Path) -> Manifest:
     """The manifest alone, checked (for `inspect` and for deciding what may be replaced)."""
     path = Path(path)
     for _ in range(ATTEMPTS):
-        pinned = _Pinned(path)
+        pinned = _snapshot(path)
         try:
             return _manifest_from(pinned)
-        except _Swapped:
+        except Swapped:
             continue
         finally:
             pinned.close()
     raise BundleError(f"{path}: replaced {ATTEMPTS} times while it was being read; try again")
 
 
-def _verified_files(pinned: _Pinned, manifest: Manifest) -> dict[str, bytes]:
+def _verified_files(pinned: Snapshot, manifest: Manifest) -> dict[str, bytes]:
     """Every file the manifest names, read once, with the recorded sha256; by name."""
     files = manifest.files
     for required in (LORA, INDEX, CLUSTERS, EDITS):
@@ -406,30 +331,6 @@ def _safetensors_metadata(data: bytes) -> dict:
     return header.get("__metadata__") or {} if isinstance(header, dict) else {}
 
 
-@contextmanager
-def _private_copy(data: bytes):
-    """A path to a private copy of `data`, for a reader that takes only paths (hnswlib): an anonymous
-    in-memory file where Linux has them, else a temp file only this user can read."""
-    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
-        fd = os.memfd_create("melo-router-index")
-        try:
-            _write_all(fd, data)
-            yield f"/proc/self/fd/{fd}"
-        finally:
-            os.close(fd)
-    else:
-        with tempfile.NamedTemporaryFile(prefix="melo-index-") as f:
-            f.write(data)
-            f.flush()
-            yield f.name
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def load(path: str | Path) -> Bundle:
     """Read and check a bundle; raises BundleError naming the file at fault. A bundle swapped out by
     a writer while it was read is read again (the new one, whole)."""
@@ -437,17 +338,17 @@ def load(path: str | Path) -> Bundle:
     if not path.exists():
         clean_stale(path)
     for _ in range(ATTEMPTS):
-        pinned = _Pinned(path)
+        pinned = _snapshot(path)
         try:
             return _load_pinned(pinned)
-        except _Swapped:
+        except Swapped:
             continue
         finally:
             pinned.close()
     raise BundleError(f"{path}: replaced {ATTEMPTS} times while it was being read; try again")
 
 
-def _load_pinned(pinned: _Pinned) -> Bundle:
+def _load_pinned(pinned: Snapshot) -> Bundle:
     path = pinned.path
     manifest = _manifest_from(pinned)
     files = _verified_files(pinned, manifest)
@@ -482,7 +383,7 @@ def _load_pinned(pinned: _Pinned) -> Bundle:
                                  or not all(s is None or isinstance(s, str) for s in subjects)):
         raise BundleError(f"{path / CLUSTERS}: 'subjects' does not match the members")
     try:
-        with _private_copy(index_bytes) as index_path:
+        with private_copy(index_bytes) as index_path:
             router = Router.restore(arrays, labels, index_path, config.metric, config.init_radius, config.margin,
                                     config.radius_policy, subjects)
     except RuntimeError as exc:  # hnswlib's own complaint about a damaged index file

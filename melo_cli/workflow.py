@@ -69,8 +69,8 @@ def router_for(path: str | Path, *, base: str | None = None, device: str = "auto
 
         encoder = bases.load_encoder(loaded.config, backbones.resolve_device(device), loaded.manifest, force_base,
                                      trust_remote_code)
-        return loaded.router, lambda texts: loaded.router.route(encoder.keys(texts).numpy().astype(np.float32), texts)
-    del loaded
+        router = loaded.router
+        return router, lambda texts: router.route(encoder.keys(texts).numpy().astype(np.float32), texts)
     _, edited = open_bundle(path, base=base, device=device, dtype=dtype, force_base=force_base,
                             trust_remote_code=trust_remote_code)
     return edited.router, edited.route
