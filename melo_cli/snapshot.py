@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import BundleError
 
+
 class Swapped(Exception):
     """The pinned directory lost a file: a writer swapped the bundle out while it was read."""
 
