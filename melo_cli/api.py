@@ -263,10 +263,7 @@ class MeloModel:
     def save_pretrained(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the bundle: built in a temp dir beside `path`, then renamed into place (never half-written)."""
         out = Path(path)
-        if out.exists() and not overwrite:
-            raise InputError(f"{out}: already exists; pass overwrite=True to replace it", field="path")
-        bundle_io.check_replaceable(out)
-        out = bundle_io.output_path(out)
+        out = bundle_io.output_for(out, overwrite)
         if self.edited.router is None:
             raise InputError("no edits yet: edit before saving", field="path")
         counts = {"edits": len(self.records), "live_edits": sum("superseded" not in r and "forgotten" not in r

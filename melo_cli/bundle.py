@@ -86,7 +86,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes) -> None:
     """Write, flush and fsync; a short write raises here (OSError), not at some later read."""
     with open(path, "wb") as f:
         f.write(data)
@@ -97,8 +97,8 @@ def _write_bytes(path: Path, data: bytes) -> None:
         raise OSError(errno.EIO, f"{path.name}: {written} of {len(data)} bytes written")
 
 
-def _write_text(path: Path, text: str) -> None:
-    _write_bytes(path, text.encode("utf-8"))
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
 
 
 def _card(manifest: Manifest) -> str:
@@ -118,20 +118,20 @@ def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Rout
                 key_encoder: dict | None = None) -> Manifest:
     """Write every bundle file into `directory` (which must exist and be empty), each fsync'ed; returns
     the manifest. `lora` maps names to float32 arrays (numpy, or torch tensors on the CPU)."""
-    _write_bytes(directory / LORA, numpy_to_bytes(
+    write_bytes(directory / LORA, numpy_to_bytes(
         {name: np.ascontiguousarray(np.asarray(t, np.float32)) for name, t in lora.items()}))
-    _write_bytes(directory / CLUSTERS, numpy_to_bytes(router.arrays(), metadata={
+    write_bytes(directory / CLUSTERS, numpy_to_bytes(router.arrays(), metadata={
         "labels": json.dumps(router.labels), "subjects": json.dumps(router.member_subjects)}))
     router.save_index(directory / INDEX)  # hnswlib: no error on a full disk, so load() below reads it back
     _fsync(directory / INDEX)
-    _write_text(directory / EDITS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text(directory / EDITS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     for name, text in (extra_files or {}).items():
-        _write_text(directory / name, text)
+        write_text(directory / name, text)
     manifest = Manifest(base_model=base, config=config, key_dim=int(router.dim), counts=counts,
                         key_encoder=key_encoder)
-    _write_text(directory / CARD, _card(manifest))
+    write_text(directory / CARD, _card(manifest))
     manifest.files = {p.name: sha256(p) for p in sorted(directory.iterdir()) if p.name != MANIFEST}
-    _write_text(directory / MANIFEST, manifest.to_yaml())
+    write_text(directory / MANIFEST, manifest.to_yaml())
     _fsync(directory)
     return manifest
 
@@ -160,9 +160,15 @@ def write(out: Path, **contents) -> Manifest:
     return manifest
 
 
-def output_path(out: Path) -> Path:
-    """Where a bundle named `out` is written: a symbolic link's target, so that the link keeps naming
-    the new bundle (renaming over the link itself turned it into a directory and left the target old)."""
+def output_for(out: Path, overwrite: bool, source: Path | None = None) -> Path:
+    """Where a bundle asked for at `out` is written, after refusing what may not be replaced: an
+    existing `out` needs `overwrite` (unless it is the `source` being updated in place) and must be a
+    melo bundle; a symbolic link's target is written, so the link keeps naming the new bundle
+    (renaming over the link itself turned it into a directory and left the target old)."""
+    in_place = source is not None and out.resolve() == Path(source).resolve()
+    if out.exists() and not overwrite and not in_place:
+        raise InputError(f"{out}: already exists; pass `overwrite` to replace it")
+    check_replaceable(out)
     return Path(os.path.realpath(out)) if out.is_symlink() else out
 
 

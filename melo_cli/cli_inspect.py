@@ -78,14 +78,11 @@ def inspect(
 def edit_rows(loaded) -> list[dict]:
     """One row per edit of a bundle: where it lives in the router and whether its key still reaches it."""
     router, rows = loaded.router, []
+    homes = router.member_routes([e.input for e in loaded.edits])
     for n, (edit, record) in enumerate(zip(loaded.edits, loaded.records)):
         cluster = router.cluster_of(n)
         status = "forgotten" if edit.forgotten else "superseded" if edit.superseded else "live"
-        routes_home = None
-        if cluster is not None:
-            key = router.member_keys[router.member_edit == n][-1:]
-            routes_home = router.route(key, [edit.input])[0].cluster == cluster \
-                and router.route(key, [edit.input])[0].routed
+        routes_home = None if n not in homes else homes[n].routed and homes[n].cluster == cluster
         rows.append({"edit": n + 1, "id": edit.id, "batch": record.get("batch"), "input": edit.input,
                      "target": edit.target, "status": status, "cluster": cluster,
                      "block": int(router.blocks[cluster]) if cluster is not None else None,

@@ -83,11 +83,11 @@ def export_peft(bundle: Path, out: Path, conv1d: bool | None = None, overwrite: 
         for block in used:
             folder = tmp / adapter_name(block)
             folder.mkdir()
-            bundle_io._write_text(folder / "adapter_config.json", json.dumps(config, indent=2) + "\n")
-            bundle_io._write_bytes(folder / "adapter_model.safetensors",
+            bundle_io.write_text(folder / "adapter_config.json", json.dumps(config, indent=2) + "\n")
+            bundle_io.write_bytes(folder / "adapter_model.safetensors",
                                    numpy_to_bytes(peft_tensors(loaded.lora, loaded.config.lora_layers, block),
                                                   metadata={"format": "pt"}))
-        bundle_io._write_text(tmp / "routing.json", json.dumps(table, indent=2, ensure_ascii=False) + "\n")
+        bundle_io.write_text(tmp / "routing.json", json.dumps(table, indent=2, ensure_ascii=False) + "\n")
         bundle_io.publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

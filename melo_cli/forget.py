@@ -57,11 +57,7 @@ def forget(bundle: Path, out: Path, ids: list[str], batches: list[str], *, overw
     """Write `out`: the bundle without the named edits (see the module docstring). Returns a summary."""
     if not ids and not batches:
         raise InputError("name the edits to forget: --id ID (repeatable) or --batch N")
-    in_place = Path(out).resolve() == Path(bundle).resolve()
-    if out.exists() and not overwrite and not in_place:
-        raise InputError(f"{out}: already exists; pass `overwrite` to replace it")
-    bundle_io.check_replaceable(out)
-    out = bundle_io.output_path(out)
+    out = bundle_io.output_for(out, overwrite, source=bundle)
     with bundle_locks([out], wait):
         loaded = bundle_io.load(bundle)
         numbers = select(loaded.records, ids, batches)
@@ -88,9 +84,8 @@ def forget(bundle: Path, out: Path, ids: list[str], batches: list[str], *, overw
         records = [dict(r) for r in loaded.records]
         for n in numbers:
             records[n]["forgotten"] = {"at": now}
-        broken = [n for n, e in enumerate(edits) if e.live and n not in numbers and router.cluster_of(n) is not None
-                  and router.route(router.member_keys[router.member_edit == n][-1:], [e.input])[0].cluster
-                  != router.cluster_of(n)]
+        broken = [n for n, found in router.member_routes([e.input for e in edits]).items()
+                  if not (found.routed and found.cluster == router.cluster_of(n))]
         if broken:
             log.warning("%d other edit(s) no longer route to their own cluster after the shrink: %s", len(broken),
                         ", ".join(str(edits[n].id or n + 1) for n in broken[:5]))

@@ -222,6 +222,15 @@ class Router:
         """Edit numbers of the live members of a cluster."""
         return self.member_edit[self.member_cluster == cluster]
 
+    def member_routes(self, texts: list[str]) -> dict[int, Route]:
+        """The route each member edit's stored key takes now, by edit number (`texts[n]` is edit n's
+        input, for the subject gate): one search for all, and no model, since members keep their keys."""
+        numbers = sorted({int(e) for e, c in zip(self.member_edit, self.member_cluster) if c >= 0 and e >= 0})
+        if not numbers:
+            return {}
+        keys = np.stack([self.member_keys[self.member_edit == n][-1] for n in numbers])
+        return dict(zip(numbers, self.route(keys, [texts[n] for n in numbers])))
+
     def cluster_of(self, edit: int) -> int | None:
         """The cluster edit `edit` is a live member of, or None (superseded, or never added)."""
         found = np.flatnonzero((self.member_edit == edit) & (self.member_cluster >= 0))

@@ -91,11 +91,7 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
     """The edit journey of `melo edit`: validate the files and options, lock, load, train, write atomically."""
     started = time.perf_counter()
     check_options(opts)
-    in_place = continue_from is not None and out.resolve() == continue_from.resolve()
-    if out.exists() and not opts.overwrite and not in_place:
-        raise InputError(f"{out}: already exists; pass `overwrite` to replace it")
-    bundle_io.check_replaceable(out)
-    out = bundle_io.output_path(out)  # a link to a bundle: the bundle it names is replaced, the link stays
+    out = bundle_io.output_for(out, opts.overwrite, source=continue_from)
     new_edits = read_edits(edits_path, skip_invalid=opts.skip_invalid, report=report)
     batches(new_edits, opts.batch_size)  # checks --batch-size before anything loads
     holdout = read_holdout(opts.locality) if opts.locality is not None else []

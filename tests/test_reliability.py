@@ -62,14 +62,14 @@ def test_an_os_error_while_writing_leaves_the_old_bundle(twenty, tmp_path, monke
 
     bundle = _copy(twenty, tmp_path)
     before = tree_digest(bundle)
-    real = bundle_io._write_bytes
+    real = bundle_io.write_bytes
 
     def full_disk(path, data):
         if path.name == bundle_io.EDITS:
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(bundle_io, "_write_bytes", full_disk)
+    monkeypatch.setattr(bundle_io, "write_bytes", full_disk)
     result = melo("edit", write_jsonl(tmp_path / "more.jsonl", MORE), "--bundle", bundle, "-o", bundle)
     assert result.exit_code == 74 and "No space left on device" in result.stderr, result.stderr
     assert tree_digest(bundle) == before and _leftovers(tmp_path) == []
@@ -97,7 +97,7 @@ def test_a_short_write_is_caught_where_it_happens(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", lambda p, mode="r", *a, **k: Short(real_open(p, mode, *a, **k))
                         if mode == "wb" else real_open(p, mode, *a, **k))
     with pytest.raises(OSError, match="of 10 bytes written"):
-        bundle_io._write_bytes(tmp_path / "f", b"0123456789")
+        bundle_io.write_bytes(tmp_path / "f", b"0123456789")
 
 
 # -- a forged index never reaches hnswlib -------------------------------------------------------------

@@ -185,3 +185,16 @@ def test_a_key_at_a_members_place_with_another_label_supersedes_it():
     assert router.radii[result.cluster] == pytest.approx(1.0)
     assert router.retire_edit(1) and router.route(v(5, 0)[None])[0].block == NO_BLOCK
     assert not router.retire_edit(1)  # already retired
+
+
+def test_member_routes_follow_each_stored_key_and_skip_retired_members():
+    router = Router(2, init_radius=1.0)
+    router.add(v(0, 0), "A", block=0, edit=0)
+    router.add(v(5, 0), "B", block=1, edit=1)
+    router.add(v(9, 0), "C", block=2, edit=2)
+    router.retire_edit(1)
+    routes = router.member_routes(["a", "b", "c"])
+    assert sorted(routes) == [0, 2]
+    assert (routes[0].block, routes[2].block) == (0, 2) and all(r.routed for r in routes.values())
+    router.add_negative(v(9.2, 0))  # shrinks C's radius to just under half the distance: C's own key stays in
+    assert router.member_routes(["a", "b", "c"])[2].routed
