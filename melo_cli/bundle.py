@@ -117,20 +117,28 @@ def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Rout
                 base: dict, counts: dict, extra_files: dict[str, str] | None = None,
                 key_encoder: dict | None = None) -> Manifest:
     """Write every bundle file into `directory` (which must exist and be empty), each fsync'ed; returns
-    the manifest. `lora` maps names to float32 arrays (numpy, or torch tensors on the CPU)."""
-    write_bytes(directory / LORA, numpy_to_bytes(
-        {name: np.ascontiguousarray(np.asarray(t, np.float32)) for name, t in lora.items()}))
-    write_bytes(directory / CLUSTERS, numpy_to_bytes(router.arrays(), metadata={
-        "labels": json.dumps(router.labels), "subjects": json.dumps(router.member_subjects)}))
-    router.save_index(directory / INDEX)  # hnswlib: no error on a full disk, so load() below reads it back
+    the manifest. `lora` maps names to float32 arrays (numpy, or torch tensors on the CPU). The
+    manifest records the sha256 of the bytes melo meant to write (the index: as hnswlib wrote it), so
+    reading the directory back (write) also catches a file the disk did not keep."""
+    digests: dict[str, str] = {}
+
+    def put(name: str, data: bytes) -> None:
+        write_bytes(directory / name, data)
+        digests[name] = hashlib.sha256(data).hexdigest()
+
+    put(LORA, numpy_to_bytes({name: np.ascontiguousarray(np.asarray(t, np.float32)) for name, t in lora.items()}))
+    put(CLUSTERS, numpy_to_bytes(router.arrays(), metadata={"labels": json.dumps(router.labels),
+                                                             "subjects": json.dumps(router.member_subjects)}))
+    router.save_index(directory / INDEX)  # hnswlib: no error on a full disk; write() reads it back, checked
     _fsync(directory / INDEX)
-    write_text(directory / EDITS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    digests[INDEX] = sha256(directory / INDEX)
+    put(EDITS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
     for name, text in (extra_files or {}).items():
-        write_text(directory / name, text)
+        put(name, text.encode("utf-8"))
     manifest = Manifest(base_model=base, config=config, key_dim=int(router.dim), counts=counts,
                         key_encoder=key_encoder)
-    write_text(directory / CARD, _card(manifest))
-    manifest.files = {p.name: sha256(p) for p in sorted(directory.iterdir()) if p.name != MANIFEST}
+    put(CARD, _card(manifest).encode("utf-8"))
+    manifest.files = dict(sorted(digests.items()))
     write_text(directory / MANIFEST, manifest.to_yaml())
     _fsync(directory)
     return manifest

@@ -362,3 +362,21 @@ def test_the_index_copy_works_without_memfd(twenty, monkeypatch):
     loaded = bundle_io.load(twenty)
     assert len(loaded.router) == loaded.manifest.counts["clusters"] >= 15
     assert loaded.router.nearest(loaded.router.centres[:1])[0][0][0] == 0
+
+
+def test_a_file_the_disk_kept_wrong_is_caught_before_the_swap(twenty, tmp_path, monkeypatch):
+    """The manifest holds the hashes of the bytes melo meant to write, so a file that landed different
+    (and raised nothing) fails the read-back."""
+    bundle = _copy(twenty, tmp_path)
+    before = tree_digest(bundle)
+    real = bundle_io.write_bytes
+
+    def flipped(path, data):
+        if path.name == bundle_io.LORA:
+            data = data[:-1] + bytes([data[-1] ^ 1])
+        real(path, data)
+
+    monkeypatch.setattr(bundle_io, "write_bytes", flipped)
+    result = melo("edit", write_jsonl(tmp_path / "more.jsonl", MORE), "--bundle", bundle, "-o", bundle)
+    assert result.exit_code == 74 and "lora.safetensors" in result.stderr, result.stderr
+    assert tree_digest(bundle) == before and _leftovers(tmp_path) == []
