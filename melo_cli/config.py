@@ -21,6 +21,12 @@ CONTEXTS = ("Tell me about it:", "The answer is", "My friend said that", "In sho
 router already decided that an input belongs to the edit; the block should not have to recognise its
 wording again."""
 
+def lora_scale(rank: int, alpha: float | None) -> float:
+    """What a LoRA block's update is multiplied by: alpha / rank, alpha defaulting to 2 x rank (peft's
+    lora_alpha / r, so an exported adapter scales the same)."""
+    return (alpha if alpha is not None else 2.0 * rank) / rank
+
+
 POOLINGS = ("mean", "last")
 METRICS = ("euclidean", "cosine")
 POLICIES = ("split", "voronoi")

@@ -19,6 +19,7 @@ import numpy as np
 from safetensors.numpy import save as numpy_to_bytes
 
 from . import bundle as bundle_io
+from .config import lora_scale
 from .errors import InputError
 from .router import NEGATIVE
 
@@ -44,8 +45,8 @@ def peft_tensors(lora: dict, layers: list[str], block: int) -> dict[str, np.ndar
 def adapter_config(loaded, conv1d: bool) -> dict:
     config = loaded.config
     rank = config.rank_per_block
-    scale = (config.alpha if config.alpha is not None else 2.0 * rank) / rank
-    return {"peft_type": "LORA", "task_type": TASK_TYPES.get(config.task), "r": rank, "lora_alpha": scale * rank,
+    return {"peft_type": "LORA", "task_type": TASK_TYPES.get(config.task), "r": rank,
+            "lora_alpha": lora_scale(rank, config.alpha) * rank,
             "lora_dropout": 0.0, "bias": "none", "target_modules": list(config.lora_layers),
             "fan_in_fan_out": conv1d, "use_rslora": False, "use_dora": False, "init_lora_weights": True,
             "inference_mode": True, "base_model_name_or_path": loaded.base.get("path") or loaded.base.get("name"),

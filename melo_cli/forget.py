@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import bundle as bundle_io
-from .errors import InputError
+from .errors import BundleError, InputError
 from .locks import bundle_locks
 from .router import NEGATIVE
 
@@ -73,8 +73,9 @@ def forget(bundle: Path, out: Path, ids: list[str], batches: list[str], *, overw
                     router.add_negative(key)
                     negatives += 1
         still = [n for n in numbers for key in keys[n] if router.route(key[None], [edits[n].input])[0].routed]
-        if still:  # the shrink rule guarantees this; a bundle that breaks it is not written
-            raise InputError(f"edit {edits[still[0]].id or still[0] + 1} still routes to a block after forgetting")
+        if still:  # the shrink rule guarantees this; a bundle whose router breaks it is not written
+            raise BundleError(f"{bundle}: edit {edits[still[0]].id or still[0] + 1} would still reach a block "
+                              f"after forgetting; nothing written")
         zeroed = sorted(blocks_before - _live_blocks(router))
         lora = {name: np.array(array, copy=True) for name, array in loaded.lora.items()}
         for block in zeroed:

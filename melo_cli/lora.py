@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from .config import lora_scale
 from .route_scope import Routes
 
 
@@ -44,7 +45,7 @@ class BlockLoRA(nn.Module):
         self.routes = routes
         self.in_features, self.out_features = linear_dims(base)
         self.rank = rank_per_block
-        self.scale = (alpha if alpha is not None else 2.0 * rank_per_block) / rank_per_block
+        self.scale = lora_scale(rank_per_block, alpha)
         device = base.weight.device  # LoRA is kept in float32 whatever the base dtype: it is tiny
         self.register_buffer("lora_A", torch.zeros(0, rank_per_block, self.in_features, device=device))
         self.register_buffer("lora_B", torch.zeros(0, self.out_features, rank_per_block, device=device))
