@@ -39,12 +39,10 @@ def check_edits(backbone, edits, source: str | Path | None) -> None:
     if limit is None or not edits:
         return
     together = tasks.task_of(backbone).prompts_share_positions  # causal LMs: prompt and target in one sequence
-    inputs = _counts(backbone, [e.input for e in edits])
     targets = _counts(backbone, [e.target for e in edits])
-    rephrased = [(n, r) for n, e in enumerate(edits) for r in e.rephrases]
-    rephrase_counts = dict(zip(range(len(rephrased)), _counts(backbone, [r for _, r in rephrased])))
-    for field, owner, count in ([("input", n, inputs[n]) for n in range(len(edits))] +
-                                [("rephrases", n, rephrase_counts[i]) for i, (n, _) in enumerate(rephrased)]):
+    texts = [(n, "input", e.input) for n, e in enumerate(edits)] + \
+            [(n, "rephrases", r) for n, e in enumerate(edits) for r in e.rephrases]
+    for (owner, field, _), count in zip(texts, _counts(backbone, [text for _, _, text in texts])):
         total = count + targets[owner] if together else max(count, targets[owner])
         if total > limit:
             what = "with its target " if together else ""
