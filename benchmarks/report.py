@@ -9,7 +9,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["editing-smollm2-counterfact-n100", "editing-smollm2-counterfact-n1000", "editing-smollm2-zsre-n100",
-         "editing-smollm2-zsre-n1000-cuda", "editing-gemma3-270m-counterfact-n100", "cost-smollm2-counterfact-n100",
+         "editing-smollm2-zsre-n1000-cuda", "editing-gemma3-270m-counterfact-n100", "editing-gemma3-270m-counterfact-n1000",
+         "cost-smollm2-counterfact-n100",
          "cost-smollm2-counterfact-n100-cuda-float32", "cost-smollm2-counterfact-n100-cuda-bfloat16",
          "evaltime-smollm2-n100", "routecost-smollm2-n100",
          "editing-n100", "editing-n1000", "keys-latest", "overhead-n1000", "router-latest", "startup-idle",
