@@ -283,18 +283,23 @@ def _manifest_from(pinned: Snapshot) -> Manifest:
     return Manifest.from_yaml(text, pinned.path / MANIFEST)
 
 
-def read_manifest(path: Path) -> Manifest:
-    """The manifest alone, checked (for `inspect` and for deciding what may be replaced)."""
-    path = Path(path)
+def _read_whole(path: Path, read):
+    """read(snapshot) on a snapshot of the bundle at `path`, again on a fresh one each time a writer
+    swapped the bundle out mid-read."""
     for _ in range(ATTEMPTS):
         pinned = _snapshot(path)
         try:
-            return _manifest_from(pinned)
+            return read(pinned)
         except Swapped:
             continue
         finally:
             pinned.close()
     raise BundleError(f"{path}: replaced {ATTEMPTS} times while it was being read; try again")
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest alone, checked (for `inspect` and for deciding what may be replaced)."""
+    return _read_whole(Path(path), _manifest_from)
 
 
 def _verified_files(pinned: Snapshot, manifest: Manifest) -> dict[str, bytes]:
@@ -351,15 +356,7 @@ def load(path: str | Path) -> Bundle:
     path = Path(path)
     if not path.exists():
         clean_stale(path)
-    for _ in range(ATTEMPTS):
-        pinned = _snapshot(path)
-        try:
-            return _load_pinned(pinned)
-        except Swapped:
-            continue
-        finally:
-            pinned.close()
-    raise BundleError(f"{path}: replaced {ATTEMPTS} times while it was being read; try again")
+    return _read_whole(path, _load_pinned)
 
 
 def _load_pinned(pinned: Snapshot) -> Bundle:
