@@ -380,3 +380,12 @@ def test_a_file_the_disk_kept_wrong_is_caught_before_the_swap(twenty, tmp_path, 
     result = melo("edit", write_jsonl(tmp_path / "more.jsonl", MORE), "--bundle", bundle, "-o", bundle)
     assert result.exit_code == 74 and "lora.safetensors" in result.stderr, result.stderr
     assert tree_digest(bundle) == before and _leftovers(tmp_path) == []
+
+
+def test_a_fifo_in_place_of_a_bundle_file_is_refused_not_waited_on(twenty, tmp_path):
+    bundle = _copy(twenty, tmp_path)
+    (bundle / bundle_io.EDITS).unlink()
+    os.mkfifo(bundle / bundle_io.EDITS)  # opening it for reading would block until some writer came
+    done = subprocess.run([sys.executable, "-c", PROBE, str(bundle)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert done.stdout.startswith(f"REFUSED {bundle} ") and "not a plain file" in done.stdout, done
