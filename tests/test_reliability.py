@@ -57,22 +57,28 @@ def test_an_index_written_empty_by_a_full_disk_leaves_the_old_bundle(twenty, tmp
     assert tree_digest(bundle) == before and _leftovers(tmp_path) == []
 
 
-def test_an_os_error_while_writing_leaves_the_old_bundle(twenty, tmp_path, monkeypatch):
-    import errno
-
+def _edit_in_place_with_a_bad_disk(twenty, tmp_path, monkeypatch, name, damage):
+    """`melo edit --bundle B -o B` where writing file `name` goes through damage(data) (which may raise);
+    the run must exit 74 with B and its directory as they were. Returns stderr."""
     bundle = _copy(twenty, tmp_path)
     before = tree_digest(bundle)
     real = bundle_io.write_bytes
-
-    def full_disk(path, data):
-        if path.name == bundle_io.EDITS:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
-
-    monkeypatch.setattr(bundle_io, "write_bytes", full_disk)
+    monkeypatch.setattr(bundle_io, "write_bytes",
+                        lambda path, data: real(path, damage(data) if path.name == name else data))
     result = melo("edit", write_jsonl(tmp_path / "more.jsonl", MORE), "--bundle", bundle, "-o", bundle)
-    assert result.exit_code == 74 and "No space left on device" in result.stderr, result.stderr
+    assert result.exit_code == 74, (result.exit_code, result.stderr)
     assert tree_digest(bundle) == before and _leftovers(tmp_path) == []
+    return result.stderr
+
+
+def test_an_os_error_while_writing_leaves_the_old_bundle(twenty, tmp_path, monkeypatch):
+    import errno
+
+    def full_disk(data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    assert "No space left on device" in _edit_in_place_with_a_bad_disk(twenty, tmp_path, monkeypatch,
+                                                                       bundle_io.EDITS, full_disk)
 
 
 def test_a_short_write_is_caught_where_it_happens(tmp_path, monkeypatch):
@@ -367,19 +373,9 @@ def test_the_index_copy_works_without_memfd(twenty, monkeypatch):
 def test_a_file_the_disk_kept_wrong_is_caught_before_the_swap(twenty, tmp_path, monkeypatch):
     """The manifest holds the hashes of the bytes melo meant to write, so a file that landed different
     (and raised nothing) fails the read-back."""
-    bundle = _copy(twenty, tmp_path)
-    before = tree_digest(bundle)
-    real = bundle_io.write_bytes
-
-    def flipped(path, data):
-        if path.name == bundle_io.LORA:
-            data = data[:-1] + bytes([data[-1] ^ 1])
-        real(path, data)
-
-    monkeypatch.setattr(bundle_io, "write_bytes", flipped)
-    result = melo("edit", write_jsonl(tmp_path / "more.jsonl", MORE), "--bundle", bundle, "-o", bundle)
-    assert result.exit_code == 74 and "lora.safetensors" in result.stderr, result.stderr
-    assert tree_digest(bundle) == before and _leftovers(tmp_path) == []
+    stderr = _edit_in_place_with_a_bad_disk(twenty, tmp_path, monkeypatch, bundle_io.LORA,
+                                            lambda data: data[:-1] + bytes([data[-1] ^ 1]))
+    assert "lora.safetensors" in stderr, stderr
 
 
 def test_a_fifo_in_place_of_a_bundle_file_is_refused_not_waited_on(twenty, tmp_path):
