@@ -22,8 +22,10 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from safetensors.numpy import load as numpy_from_bytes, save as numpy_to_bytes
@@ -144,27 +146,34 @@ def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Rout
     return manifest
 
 
+@contextmanager
+def replacing(out: Path) -> Iterator[Path]:
+    """A fresh temp dir beside `out` to fill; published over `out` in one swap when the block ends
+    without error, removed (and `out` left as it was) when it raises."""
+    tmp = temp_dir_for(out)
+    try:
+        yield tmp
+        publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write(out: Path, **contents) -> Manifest:
     """The one way a bundle is written: every file into a fresh temp dir beside `out`, read back as
-    a reader would, then swapped into place (publish). On any failure the temp dir goes, `out` is as
-    it was, and the error is WriteFailed (exit 74) naming what failed. `contents` are write_files'
+    a reader would, then swapped into place (`replacing`). On any failure the temp dir goes, `out` is
+    as it was, and the error is WriteFailed (exit 74) naming what failed. `contents` are write_files'
     keywords. Returns the manifest."""
-    tmp = None
     try:
-        tmp = temp_dir_for(out)
-        manifest = write_files(tmp, **contents)
-        load(tmp)
-        publish(tmp, out)
-    except BaseException as exc:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise WriteFailed(f"{out}: the bundle could not be written ({exc.strerror or exc}); "
-                              f"nothing was replaced") from None
-        if isinstance(exc, BundleError):
-            raise WriteFailed(f"{out}: the bundle did not read back as written ({exc}); nothing was replaced") \
-                from None
-        raise
+        with replacing(out) as tmp:
+            manifest = write_files(tmp, **contents)
+            load(tmp)
+    except OSError as exc:
+        raise WriteFailed(f"{out}: the bundle could not be written ({exc.strerror or exc}); "
+                          f"nothing was replaced") from None
+    except BundleError as exc:
+        raise WriteFailed(f"{out}: the bundle did not read back as written ({exc}); nothing was replaced") \
+            from None
     return manifest
 
 

@@ -12,7 +12,6 @@ name for a prompt. Made from the bundle alone: no model is loaded.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -76,22 +75,17 @@ def export_peft(bundle: Path, out: Path, conv1d: bool | None = None, overwrite: 
     if conv1d is None:
         conv1d = loaded.base.get("architecture", "").startswith("GPT2")
     table = routing_table(loaded)
-    used = sorted({int(b) for b, r in zip(loaded.router.blocks, loaded.router.retired) if b >= 0 and not r})
+    used = sorted(loaded.router.live_blocks())
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = bundle_io.temp_dir_for(out)
-    try:
-        config = adapter_config(loaded, conv1d)
+    config = adapter_config(loaded, conv1d)
+    with bundle_io.replacing(out) as tmp:
         for block in used:
             folder = tmp / adapter_name(block)
             folder.mkdir()
             bundle_io.write_text(folder / "adapter_config.json", json.dumps(config, indent=2) + "\n")
             bundle_io.write_bytes(folder / "adapter_model.safetensors",
-                                   numpy_to_bytes(peft_tensors(loaded.lora, loaded.config.lora_layers, block),
-                                                  metadata={"format": "pt"}))
+                                  numpy_to_bytes(peft_tensors(loaded.lora, loaded.config.lora_layers, block),
+                                                 metadata={"format": "pt"}))
         bundle_io.write_text(tmp / "routing.json", json.dumps(table, indent=2, ensure_ascii=False) + "\n")
-        bundle_io.publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"export": str(out), "format": "peft", "adapters": len(used), "clusters": len(table["clusters"]),
             "rank": loaded.config.rank_per_block, "target_modules": len(loaded.config.lora_layers)}

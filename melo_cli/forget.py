@@ -22,7 +22,6 @@ import numpy as np
 from . import bundle as bundle_io
 from .errors import BundleError, InputError
 from .locks import bundle_locks
-from .router import NEGATIVE
 
 log = logging.getLogger("melo")
 
@@ -47,11 +46,6 @@ def select(records: list[dict], ids: list[str], batches: list[str]) -> list[int]
     return sorted(set(chosen))
 
 
-def _live_blocks(router) -> set[int]:
-    return {int(b) for b, retired, label in zip(router.blocks, router.retired, router.labels)
-            if b >= 0 and not retired and label != NEGATIVE}
-
-
 def forget(bundle: Path, out: Path, ids: list[str], batches: list[str], *, overwrite: bool = False,
            wait: float = 0.0) -> dict:
     """Write `out`: the bundle without the named edits (see the module docstring). Returns a summary."""
@@ -62,7 +56,7 @@ def forget(bundle: Path, out: Path, ids: list[str], batches: list[str], *, overw
         loaded = bundle_io.load(bundle)
         numbers = select(loaded.records, ids, batches)
         router, edits = loaded.router, loaded.edits
-        blocks_before = _live_blocks(router)
+        blocks_before = router.live_blocks()
         keys = {n: router.member_keys[router.member_edit == n] for n in numbers}
         for n in numbers:
             router.retire_edit(n)
@@ -76,7 +70,7 @@ def forget(bundle: Path, out: Path, ids: list[str], batches: list[str], *, overw
         if still:  # the shrink rule guarantees this; a bundle whose router breaks it is not written
             raise BundleError(f"{bundle}: edit {edits[still[0]].id or still[0] + 1} would still reach a block "
                               f"after forgetting; nothing written")
-        zeroed = sorted(blocks_before - _live_blocks(router))
+        zeroed = sorted(blocks_before - router.live_blocks())
         lora = {name: np.array(array, copy=True) for name, array in loaded.lora.items()}
         for block in zeroed:
             for array in lora.values():

@@ -222,6 +222,11 @@ class Router:
         """Edit numbers of the live members of a cluster."""
         return self.member_edit[self.member_cluster == cluster]
 
+    def live_blocks(self) -> set[int]:
+        """The LoRA blocks some live edit cluster still routes to (negatives and retired clusters aside)."""
+        return {int(b) for b, retired, label in zip(self.blocks, self.retired, self.labels)
+                if b >= 0 and not retired and label != NEGATIVE}
+
     def member_routes(self, texts: list[str]) -> dict[int, Route]:
         """The route each member edit's stored key takes now, by edit number (`texts[n]` is edit n's
         input, for the subject gate): one search for all, and no model, since members keep their keys."""
