@@ -223,19 +223,13 @@ class MeloModel:
         (then sampled, with `top_p` and a `seed` for repeatable draws); `chat` wraps each prompt in the
         tokenizer's chat template (after an optional `system` turn), while the router still sees the
         prompt as written. Generation stops at EOS."""
-        from .generation import Sampling, apply_chat
+        from .generation import Decoding
 
         _check_prompts(prompts)
         if max_new_tokens < 1:
             raise InputError(f"expected a whole number >= 1, got {max_new_tokens}", field="max_new_tokens")
-        sampling = Sampling(temperature, top_p, seed)
-        if system is not None and not chat:
-            raise InputError("`system` goes with `chat`")
-        if not chat:
-            return self.edited.predict(list(prompts), max_new_tokens=max_new_tokens, sampling=sampling)
-        templated = apply_chat(self.tokenizer, list(prompts), system)
-        return self.edited.predict(templated, max_new_tokens=max_new_tokens, sampling=sampling,
-                                   route_texts=list(prompts))
+        decoding = Decoding(temperature, top_p, seed, chat, system)
+        return self.edited.predict(list(prompts), max_new_tokens=max_new_tokens, decoding=decoding)
 
     def generate(self, prompts: list[str], max_new_tokens: int = 20, **options) -> list[str]:
         """Continuations (classifiers: labels), one per prompt; `options` as for `predict`."""

@@ -228,11 +228,9 @@ def generate(
     if bundle is None and base is None:
         raise InputError("pass --bundle (and optionally --base), or --base alone for the bare model")
     from . import prompts as prompt_io, workflow
-    from .generation import Sampling, apply_chat
+    from .generation import Decoding
 
-    sampling = Sampling(temperature, top_p, seed)  # checked before any model loads
-    if system is not None and not chat:
-        raise InputError("--system goes with --chat")
+    decoding = Decoding(temperature, top_p, seed, chat, system)  # checked before any model loads
     given = prompt_io.read(prompts, input_file)
     texts = [p.text for p in given]
 
@@ -245,9 +243,7 @@ def generate(
         bar = progress.add_task("generate", total=len(texts), note="")
         for start in range(0, len(texts), batch_size):
             chunk = texts[start:start + batch_size]
-            shown = apply_chat(edited.backbone.tokenizer, chunk, system) if chat else chunk
-            predictions = edited.predict(shown, max_new_tokens=max_new_tokens, sampling=sampling,
-                                         route_texts=chunk if chat else None)
+            predictions = edited.predict(chunk, max_new_tokens=max_new_tokens, decoding=decoding)
             for given_prompt, pred in zip(given[start:start + batch_size], predictions):
                 prompt = given_prompt.text
                 if json_out:

@@ -20,7 +20,7 @@ from torch import nn
 from . import lengths, prefix, tasks
 from .backbones import Backbone
 from .config import MeloConfig
-from .generation import Sampling, eos_ids
+from .generation import Decoding, apply_chat, eos_ids
 from .keys import SentenceEncoder, hidden_of, pool
 from .lora import BlockLoRA
 from .prefix import FrozenPrefix
@@ -203,17 +203,20 @@ class EditedModel:
 
     @torch.no_grad()
     def predict(self, inputs: list[str], max_new_tokens: int = 20, route: bool = True,
-                sampling: Sampling | None = None, route_texts: list[str] | None = None) -> list[Prediction]:
-        """Text (causal LM, seq2seq; greedy unless `sampling` says otherwise, up to EOS) or label
-        (classification) for each input. `route_texts`, when given, are what the router sees instead of
-        the inputs (the user's prompts, when the inputs are them in a chat template)."""
+                decoding: Decoding | None = None) -> list[Prediction]:
+        """Text (causal LM, seq2seq; greedy unless `decoding` says otherwise, up to EOS) or label
+        (classification) for each input. With `decoding.chat` the model sees each input in the chat
+        template and the router sees the input as written."""
         backbone = self.backbone
-        sampling = sampling or Sampling()
+        decoding = decoding or Decoding()
+        prompts = inputs
+        if decoding.chat:
+            inputs = apply_chat(backbone.tokenizer, prompts, decoding.system)
         enc = _fit_positions(backbone, tasks.encode(backbone, inputs), max_new_tokens).to(backbone.device)
         if not route:
             scope = _no_routes(len(inputs))
-        elif route_texts is not None:
-            scope = self._fixed_routes(self.route(route_texts), enc.key_mask.device)
+        elif decoding.chat:
+            scope = self._fixed_routes(self.route(prompts), enc.key_mask.device)
         else:
             scope = self.routed(enc.key_mask, inputs)
         task = self.task
@@ -222,9 +225,9 @@ class EditedModel:
                 probs = torch.softmax(self._forward(enc.inputs).logits.float(), -1).cpu()
             else:
                 kwargs = {k: v for k, v in enc.inputs.items() if k != "position_ids"}
-                if sampling.seed is not None:
-                    torch.manual_seed(sampling.seed)
-                generated = backbone.model.generate(**kwargs, max_new_tokens=max_new_tokens, **sampling.generate_kwargs(),
+                if decoding.seed is not None:
+                    torch.manual_seed(decoding.seed)
+                generated = backbone.model.generate(**kwargs, max_new_tokens=max_new_tokens, **decoding.generate_kwargs(),
                                                     pad_token_id=backbone.pad_id,
                                                     eos_token_id=eos_ids(backbone.model, backbone.tokenizer))
         if not found:

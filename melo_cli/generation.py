@@ -14,11 +14,16 @@ from .errors import InputError
 
 
 @dataclass(frozen=True)
-class Sampling:
+class Decoding:
+    """How to turn prompts into text, checked on creation (before any model loads)."""
+
     temperature: float = 0.0
     """0 is greedy decoding (the default); above 0 samples with this temperature."""
     top_p: float = 1.0
     seed: int | None = None
+    chat: bool = False
+    """Wrap each prompt in the tokenizer's chat template; the router still sees the prompt itself."""
+    system: str | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
@@ -28,6 +33,8 @@ class Sampling:
             raise InputError(f"`top_p` {self.top_p}: expected a number in (0, 1]")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise InputError(f"`seed` {self.seed}: expected a whole number >= 0")
+        if self.system is not None and not self.chat:
+            raise InputError("`system` goes with `chat`")
 
     @property
     def greedy(self) -> bool:
