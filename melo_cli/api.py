@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 from . import backbones, bases, bundle as bundle_io, evaluate, lengths, training
 from .config import MeloConfig
 from .edited_model import EditedModel, Prediction
-from .edits import Edit, Holdout, batches, parse_edit, parse_holdout
+from .edits import Edit, Holdout, batches, parse_edit, parse_holdout, record_is_live
 from .errors import BundleError, InputError, Unlearned
 from .router import Route
 
@@ -260,8 +260,7 @@ class MeloModel:
         out = bundle_io.output_for(out, overwrite)
         if self.edited.router is None:
             raise InputError("no edits yet: edit before saving", field="path")
-        counts = {"edits": len(self.records), "live_edits": sum("superseded" not in r and "forgotten" not in r
-                                                                for r in self.records),
+        counts = {"edits": len(self.records), "live_edits": sum(map(record_is_live, self.records)),
                   "batches": self.batches_done, "blocks": self.edited.n_blocks, "clusters": len(self.edited.router)}
         extra = {bundle_io.HISTORY: "".join(json.dumps(r) + "\n" for r in self.history)} if self.history else None
         bundle_io.write(out, config=self.config, lora=self.edited.lora_state(), router=self.edited.router,

@@ -65,6 +65,11 @@ class Edit:
         return record
 
 
+def record_is_live(record: dict) -> bool:
+    """A bundle's edits.jsonl record that still applies: neither superseded nor forgotten (Edit.live)."""
+    return "superseded" not in record and "forgotten" not in record
+
+
 @dataclass(frozen=True)
 class Holdout:
     input: str

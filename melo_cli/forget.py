@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import bundle as bundle_io
+from .edits import record_is_live
 from .errors import BundleError, InputError
 from .locks import bundle_locks
 
@@ -88,7 +89,7 @@ def forget(bundle: Path, out: Path, ids: list[str], batches: list[str], *, overw
                  "blocks_zeroed": zeroed, "negatives": negatives}
         history = loaded.history + [event]
         counts = dict(loaded.manifest.counts)
-        counts["live_edits"] = sum("superseded" not in r and "forgotten" not in r for r in records)
+        counts["live_edits"] = sum(map(record_is_live, records))
         counts["clusters"] = len(router)
         bundle_io.write(out, config=loaded.config, lora=lora, router=router, records=records, base=loaded.base,
                         counts=counts, key_encoder=loaded.manifest.key_encoder,
