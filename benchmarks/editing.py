@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from melo_cli import MeloConfig, MeloModel, backbones, layers, tasks  # noqa: E402
+from melo_cli import MeloConfig, MeloModel, backbones, layers, prefix, tasks  # noqa: E402
 from melo_cli.edited_model import EditedModel  # noqa: E402
 from melo_cli.evaluate import produces  # noqa: E402
 from melo_cli.router import auto_radius  # noqa: E402
@@ -54,10 +54,11 @@ PAPER = {"key_source": "base", "block_per": "batch"}
 
 
 def train_until_done(params, loss_and_hits, lr: float) -> int:
-    """The shared stop rule: every target token is the argmax and the loss is under the threshold."""
+    """The shared stop rule: every target token is the argmax and the loss is under the threshold.
+    loss_and_hits(step number) -> (loss per row, hit per row)."""
     optimizer = torch.optim.Adam(params, lr=lr)
     for step in range(MAX_STEPS + 1):
-        loss_rows, hits = loss_and_hits()
+        loss_rows, hits = loss_and_hits(step)
         loss = loss_rows.mean()
         if (bool(hits.all()) and float(loss.detach()) < LOSS_THRESHOLD) or step == MAX_STEPS:
             return step
@@ -65,6 +66,17 @@ def train_until_done(params, loss_and_hits, lr: float) -> int:
         loss.backward()
         optimizer.step()
     return MAX_STEPS
+
+
+def scored_steps(backbone, enc, trained_layers: list[str], forward):
+    """loss_and_hits for a baseline, with melo's own exact cost work: the frozen blocks below
+    `trained_layers` run once per batch (melo_cli/prefix.py, checked bit for bit against a full pass)
+    and the head computes logits only where targets are scored. A baseline's seconds per edit then
+    measure its method, not work melo skips. forward(model inputs) -> logits."""
+    model_inputs, targets, aligned = tasks.narrowed(backbone, enc)
+    rows = tasks.rows_of(enc) if aligned else None
+    step = prefix.train_steps(prefix.frozen_prefix(backbone.model, trained_layers), lambda: forward(model_inputs))
+    return lambda number: tasks.score(backbone, step(number), targets, aligned, rows)
 
 
 # -- the three editors, behind one small interface ---------------------------------------------------
@@ -125,6 +137,7 @@ class LoraFinetune:
         config = MeloConfig(task="causal-lm", lora_layers=lora, key_layer=layers.default_key_layer(model, lora),
                             rank_per_block=rank, alpha=2.0 * rank, block_per="batch", contexts=0)
         self.edited = EditedModel(self.backbone, config)
+        self.layer_names = lora
         generator = torch.Generator().manual_seed(0)
         self.params = [p for layer in self.edited.layers.values() for p in layer.start_block(0, generator)]
 
@@ -133,10 +146,11 @@ class LoraFinetune:
 
     def edit(self, batch: list[dict]) -> int:
         enc = tasks.encode(self.backbone, [e["input"] for e in batch], [e["target"] for e in batch]).to(self.backbone.device)
+        scored = scored_steps(self.backbone, enc, self.layer_names, lambda inputs: self.backbone.model(**inputs).logits)
 
-        def loss_and_hits():
+        def loss_and_hits(step: int):
             with self._on(len(batch)):
-                return tasks.score(self.backbone, self.backbone.model(**enc.inputs).logits, enc.targets)
+                return scored(step)
         return train_until_done(self.params, loss_and_hits, 1e-2)
 
     @torch.no_grad()
@@ -168,8 +182,8 @@ class GraceStyle:
         lora = layers.default_lora_layers(self.backbone.model, "causal-lm")  # melo's lowest LoRA block's last layer
         stack = layers.block_stacks(self.backbone.model)[-1][0]
         lowest = min(layers.block_index(name, stack) for name in lora)
-        self.layer = dict(self.backbone.model.named_modules())[
-            [name for name in lora if layers.block_index(name, stack) == lowest][-1]]
+        self.layer_name = [name for name in lora if layers.block_index(name, stack) == lowest][-1]
+        self.layer = dict(self.backbone.model.named_modules())[self.layer_name]
         self.keys = torch.zeros(0, self.layer.in_features)
         self.values = torch.zeros(0, self.layer.out_features)
         self.radii, self.labels = [], []
@@ -207,17 +221,22 @@ class GraceStyle:
 
     @torch.no_grad()
     def _keys(self, inputs):
-        enc = tasks.encode(self.backbone, inputs)
-        taken = []
-        handle = self.layer.register_forward_hook(lambda m, a, o: taken.append(a[0].detach()))
-        self.backbone.model(**enc.inputs)
-        handle.remove()
-        return taken[0][torch.arange(len(inputs)), self._last(enc.key_mask)].float()
+        """Keys in chunks, with the head on the last position only (a 262k vocabulary over 1,000 prompts
+        would otherwise hold ~16 GB of logits)."""
+        keys = []
+        for chunk in chunks(inputs):
+            enc = tasks.encode(self.backbone, chunk)
+            taken = []
+            handle = self.layer.register_forward_hook(lambda m, a, o: taken.append(a[0].detach()))
+            self.backbone.model(**enc.inputs, logits_to_keep=1)
+            handle.remove()
+            keys.append(taken[0][torch.arange(len(chunk)), self._last(enc.key_mask)].float())
+        return torch.cat(keys)
 
-    def _call(self, enc, train_values=None, chosen=None):
+    def _call(self, enc, train_values=None, chosen=None, inputs=None):
         self.state = (self._last(enc.key_mask), chosen, train_values)
         try:
-            return self.backbone.model(**enc.inputs).logits
+            return self.backbone.model(**(enc.inputs if inputs is None else inputs)).logits
         finally:
             self.state = None
 
@@ -251,7 +270,8 @@ class GraceStyle:
                 self.values[entry] = taken[0][row, last[row]].float()
         values = torch.nn.Parameter(self.values.clone())
         chosen = torch.tensor([entry for entry, _ in rows_to_train])
-        steps = train_until_done([values], lambda: tasks.score(self.backbone, self._call(enc, values, chosen), enc.targets), 1e-1)
+        scored = scored_steps(self.backbone, enc, [self.layer_name], lambda inputs: self._call(enc, values, chosen, inputs))
+        steps = train_until_done([values], scored, 1e-1)
         with torch.no_grad():
             for entry, _ in rows_to_train:  # only the new entries change
                 self.values[entry] = values[entry].detach()
