@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import prefix, tasks
+from . import length_groups, prefix, tasks
 from .config import CONTEXTS
 from .edited_model import EditedModel
 from .edits import Edit, normalise_input
@@ -106,27 +106,29 @@ def train_blocks(edited: EditedModel, first: int, count: int, inputs: list[str],
 
     Stops when every target is the argmax and the loss is under the threshold, or when the step
     budget (`StepBudget`) is spent. `split` trains only what can change: the frozen prefix is
-    replayed (prefix.py) and the head computes logits only where targets are scored; both exact.
+    replayed (prefix.py), the head computes logits only where targets are scored, and short rows are
+    not padded to the longest (length_groups.py); the same loss to float rounding.
     """
-    config, backbone = edited.config, edited.backbone
+    config = edited.config
     params = [p for layer in edited.layers.values() for p in layer.start_blocks(first, count, generator)]
-    enc = tasks.encode(backbone, inputs, targets).to(backbone.device)
-    model_inputs, scored_targets, aligned = tasks.narrowed(backbone, enc) if split else (enc.inputs, enc.targets, False)
-    rows = tasks.rows_of(enc) if aligned else None
-    ids = torch.tensor(row_blocks, dtype=torch.long, device=backbone.device)
+    groups = _step_groups(edited, inputs, targets, row_blocks, split)
     optimizer = torch.optim.Adam(params, lr=config.lr)
-    steps, loss_value, hits = 0, float("inf"), None
+    steps, loss_value, hits = 0, float("inf"), [False] * len(inputs)
     budget = StepBudget(config.max_steps)
-    step = prefix.train_steps(prefix.frozen_prefix(backbone.model, config.lora_layers) if split else None,
-                              lambda: edited._forward(model_inputs).logits)
     try:
         while True:
-            with torch.enable_grad(), edited.routes.fixed(ids):
-                logits = step(steps)
-                loss_rows, hits = tasks.score(backbone, logits, scored_targets, aligned, rows)
-                loss = loss_rows.mean()
+            with torch.enable_grad():
+                losses = []
+                for group in groups:
+                    with edited.routes.fixed(group.block_ids):
+                        loss_rows, group_hits = tasks.score(edited.backbone, group.step(steps), group.targets,
+                                                            group.aligned, group.target_rows)
+                    losses.append(loss_rows)
+                    for row, hit in zip(group.rows, group_hits.tolist()):
+                        hits[row] = bool(hit)
+                loss = torch.cat(losses).mean()
             loss_value = float(loss.detach())
-            if (bool(hits.all()) and loss_value < config.loss_threshold) or budget.spent(steps, loss_value):
+            if (all(hits) and loss_value < config.loss_threshold) or budget.spent(steps, loss_value):
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -135,7 +137,42 @@ def train_blocks(edited: EditedModel, first: int, count: int, inputs: list[str],
     finally:
         for layer in edited.layers.values():
             layer.commit_block()
-    return steps, loss_value, [bool(h) for h in hits.tolist()]
+    return steps, loss_value, hits
+
+
+@dataclass
+class _StepGroup:
+    """Rows of a batch run as one padded forward in every step, with what scoring them needs."""
+
+    rows: list[int]
+    block_ids: torch.Tensor
+    targets: torch.Tensor
+    aligned: bool
+    target_rows: torch.Tensor | None
+    step: Callable[[int], torch.Tensor]
+    """step number -> logits (prefix.train_steps: replayed above the frozen layers when `split`)."""
+
+
+def _step_groups(edited: EditedModel, inputs: list[str], targets: list[str], row_blocks: list[int],
+                 split: bool) -> list[_StepGroup]:
+    backbone = edited.backbone
+    whole = tasks.encode(backbone, inputs, targets)
+    members = [list(range(len(inputs)))]
+    if split:
+        members = length_groups.by_length(whole.inputs["attention_mask"].sum(1).tolist(), backbone.device)
+    groups = []
+    for rows in members:
+        enc = whole if len(members) == 1 else tasks.encode(backbone, [inputs[i] for i in rows],
+                                                            [targets[i] for i in rows])
+        enc = enc.to(backbone.device)
+        model_inputs, scored, aligned = tasks.narrowed(backbone, enc) if split else (enc.inputs, enc.targets, False)
+        frozen = prefix.frozen_prefix(backbone.model, edited.config.lora_layers) if split else None
+        groups.append(_StepGroup(rows, torch.tensor([row_blocks[i] for i in rows], dtype=torch.long,
+                                                   device=backbone.device), scored, aligned,
+                                 tasks.rows_of(enc) if aligned else None,
+                                 prefix.train_steps(frozen, lambda model_inputs=model_inputs:
+                                                    edited._forward(model_inputs).logits)))
+    return groups
 
 
 @dataclass
