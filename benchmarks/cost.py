@@ -35,7 +35,7 @@ REGIMES = {
     "full-passes": ({}, False),
     "reference-regime": ({"key_source": "base", "block_per": "batch", "max_steps": 50, "loss_threshold": 1e-12}, False),
 }
-LABELS = {"melo": "melo (frozen prefix replayed, scored logits only)", "full-passes": "melo, full passes",
+LABELS = {"melo": "melo (frozen prefix replayed, scored logits only, rows grouped by length)", "full-passes": "melo, full passes",
           "reference-regime": "MELO reference regime (50 full passes per batch)"}
 
 
