@@ -11,11 +11,13 @@ first (every Hugging Face stack melo supports).
 
 It must be exact, and it checks itself: the no-grad full pass that captures the prefix and the first
 replayed step (same weights) must give the same logits bit for bit; if not, the batch falls back to
-full passes and says why (never silently wrong).
+full passes and says why (never silently wrong). A prefix captured ahead of training (the pass that
+also takes base-model keys) keeps a digest of that pass's logits for the same check.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -47,6 +49,14 @@ class FrozenPrefix:
         self.captured = None
         self.trusted: bool | None = None  # None until the first split step was compared with the full pass
         self.reason: str | None = None
+        self.reference: str | None = None
+        """For a prefix captured ahead of training: `digest` of the capturing pass's logits."""
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the captured output holds."""
+        parts = self.captured if isinstance(self.captured, (tuple, list)) else (self.captured,)
+        return sum(t.numel() * t.element_size() for t in parts if isinstance(t, torch.Tensor))
 
     @contextmanager
     def capturing(self) -> Iterator[None]:
@@ -112,6 +122,8 @@ def train_steps(prefix: FrozenPrefix | None, forward: Callable[[], torch.Tensor]
         if prefix is None or prefix.trusted is False:
             return forward()
         if number == 0 or prefix.trusted is None:
+            if prefix.reference is not None:  # captured ahead, with the keys: checked against its digest
+                return _checked(prefix, forward, prefix.reference)
             with torch.no_grad(), prefix.capturing():
                 reference = forward()
             return _checked(prefix, forward, reference)
@@ -132,14 +144,22 @@ def replayed(prefix: FrozenPrefix, forward: Callable[[], torch.Tensor]) -> torch
     return forward()
 
 
-def _checked(prefix: FrozenPrefix, forward: Callable[[], torch.Tensor], reference: torch.Tensor) -> torch.Tensor:
+def digest(logits: torch.Tensor) -> str:
+    """A hash of logits' values (-0.0 counted as 0.0, as torch.equal does), to check a replay bit for bit
+    against a pass whose logits were not kept (a 262k vocabulary makes them large)."""
+    return hashlib.sha256((logits.detach().float() + 0.0).cpu().numpy().tobytes()).hexdigest()
+
+
+def _checked(prefix: FrozenPrefix, forward: Callable[[], torch.Tensor],
+             reference: torch.Tensor | str) -> torch.Tensor:
     try:
         with prefix.replaying():
             logits = forward()
     except Exception as exc:  # a structure the replay does not fit: say so, train the long way
         prefix.trusted, prefix.reason = False, f"{type(exc).__name__}: {exc}"
     else:
-        prefix.trusted = bool(torch.equal(logits.detach(), reference))
+        prefix.trusted = digest(logits) == reference if isinstance(reference, str) else \
+            bool(torch.equal(logits.detach(), reference))
         prefix.reason = None if prefix.trusted else "the replayed logits differ from the full pass"
     if prefix.trusted:
         log.debug("training above block %d: the frozen prefix is replayed", prefix.k)

@@ -2,7 +2,8 @@
 that block is trained until every target token is the argmax.
 
 Keys are computed once for all new edits before training (they come from layers below the LoRA
-layers, so training cannot change them). When a key joins a cluster of an earlier block, that
+layers, so training cannot change them); base-model keys come from the same no-grad pass that
+captures each batch's frozen prefix for training (one pass where there were two). When a key joins a cluster of an earlier block, that
 cluster moves to the new block and its earlier members are trained into the new block too, so no
 edit is left routed to a block that never learned it; earlier blocks themselves never change.
 """
@@ -24,6 +25,7 @@ from .edited_model import EditedModel
 from .edits import Edit, normalise_input
 from .errors import InputError, Unlearned
 from .router import POLICIES, Router, auto_radius
+from .route_scope import NO_BLOCK
 from .subjects import gate_name
 from .triage import triage
 
@@ -100,18 +102,19 @@ def train_block(edited: EditedModel, block: int, inputs: list[str], targets: lis
 
 
 def train_blocks(edited: EditedModel, first: int, count: int, inputs: list[str], targets: list[str],
-                 row_blocks: list[int], generator: torch.Generator,
-                 split: bool = True) -> tuple[int, float, list[bool]]:
+                 row_blocks: list[int], generator: torch.Generator, split: bool = True,
+                 ready: tuple[list[int], "Prepared"] | None = None) -> tuple[int, float, list[bool]]:
     """Train fresh blocks first..first+count-1, row i into row_blocks[i]; (steps, final loss, hit per row).
 
     Stops when every target is the argmax and the loss is under the threshold, or when the step
     budget (`StepBudget`) is spent. `split` trains only what can change: the frozen prefix is
     replayed (prefix.py), the head computes logits only where targets are scored, and short rows are
-    not padded to the longest (length_groups.py); the same loss to float rounding.
+    not padded to the longest (length_groups.py); the same loss to float rounding. `ready` names rows
+    (indices into inputs) already encoded, with their prefix captured in the pass that took their keys.
     """
     config = edited.config
     params = [p for layer in edited.layers.values() for p in layer.start_blocks(first, count, generator)]
-    groups = _step_groups(edited, inputs, targets, row_blocks, split)
+    groups = _step_groups(edited, inputs, targets, row_blocks, split, ready)
     optimizer = torch.optim.Adam(params, lr=config.lr)
     steps, loss_value, hits = 0, float("inf"), [False] * len(inputs)
     budget = StepBudget(config.max_steps)
@@ -141,6 +144,27 @@ def train_blocks(edited: EditedModel, first: int, count: int, inputs: list[str],
 
 
 @dataclass
+class Prepared:
+    """Rows encoded for training as one padded batch, with their frozen prefix (captured, or not yet)."""
+
+    model_inputs: dict
+    targets: torch.Tensor
+    aligned: bool
+    target_rows: torch.Tensor | None
+    key_mask: torch.Tensor
+    frozen: prefix.FrozenPrefix | None
+
+
+def prepare(edited: EditedModel, inputs: list[str], targets: list[str], split: bool,
+            enc: tasks.Encoded | None = None) -> Prepared:
+    backbone = edited.backbone
+    enc = (enc if enc is not None else tasks.encode(backbone, inputs, targets)).to(backbone.device)
+    model_inputs, scored, aligned = tasks.narrowed(backbone, enc) if split else (enc.inputs, enc.targets, False)
+    frozen = prefix.frozen_prefix(backbone.model, edited.config.lora_layers) if split else None
+    return Prepared(model_inputs, scored, aligned, tasks.rows_of(enc) if aligned else None, enc.key_mask, frozen)
+
+
+@dataclass
 class _StepGroup:
     """Rows of a batch run as one padded forward in every step, with what scoring them needs."""
 
@@ -154,25 +178,72 @@ class _StepGroup:
 
 
 def _step_groups(edited: EditedModel, inputs: list[str], targets: list[str], row_blocks: list[int],
-                 split: bool) -> list[_StepGroup]:
+                 split: bool, ready: tuple[list[int], Prepared] | None = None) -> list[_StepGroup]:
     backbone = edited.backbone
-    whole = tasks.encode(backbone, inputs, targets)
-    members = [list(range(len(inputs)))]
-    if split:
-        members = length_groups.by_length(whole.inputs["attention_mask"].sum(1).tolist(), backbone.device)
-    groups = []
-    for rows in members:
-        enc = whole if len(members) == 1 else tasks.encode(backbone, [inputs[i] for i in rows],
-                                                            [targets[i] for i in rows])
-        enc = enc.to(backbone.device)
-        model_inputs, scored, aligned = tasks.narrowed(backbone, enc) if split else (enc.inputs, enc.targets, False)
-        frozen = prefix.frozen_prefix(backbone.model, edited.config.lora_layers) if split else None
-        groups.append(_StepGroup(rows, torch.tensor([row_blocks[i] for i in rows], dtype=torch.long,
-                                                   device=backbone.device), scored, aligned,
-                                 tasks.rows_of(enc) if aligned else None,
-                                 prefix.train_steps(frozen, lambda model_inputs=model_inputs:
-                                                    edited._forward(model_inputs).logits)))
-    return groups
+    prepared = [ready] if ready is not None else []
+    rest = [i for i in range(len(inputs)) if ready is None or i not in set(ready[0])]
+    if rest:
+        whole = tasks.encode(backbone, [inputs[i] for i in rest], [targets[i] for i in rest])
+        members = [list(range(len(rest)))]
+        if split:
+            members = length_groups.by_length(whole.inputs["attention_mask"].sum(1).tolist(), backbone.device)
+        for rows in members:
+            chosen = [rest[i] for i in rows]
+            prepared.append((chosen, prepare(edited, [inputs[i] for i in chosen], [targets[i] for i in chosen], split,
+                                             whole if len(members) == 1 else None)))
+    return [_StepGroup(rows, torch.tensor([row_blocks[i] for i in rows], dtype=torch.long, device=backbone.device),
+                       p.targets, p.aligned, p.target_rows,
+                       prefix.train_steps(p.frozen, lambda p=p: edited._forward(p.model_inputs).logits))
+            for rows, p in prepared]
+
+
+CAPTURE_BUDGET = 512 * 2**20
+"""Bytes of frozen-prefix output kept from the key pass until each batch trains (base-model keys):
+past this, the remaining batches' keys come from a pass of their own and training captures again."""
+
+
+def _keys_and_prefixes(edited: EditedModel, new: list[Edit], groups: list[list[int]],
+                       split: bool) -> tuple[np.ndarray, dict[int, Prepared]]:
+    """Keys of the new edits and, where they can come from the frozen pass training needs anyway, that
+    pass's captured prefix per batch (batch number -> its edits' rows, in group order).
+
+    Base-model keys are pooled at the key layer, below the LoRA layers, so the no-grad pass that captures
+    a batch's frozen prefix (its edits with their targets) also yields its keys: one pass where there
+    were two. Encoder keys, full passes (`split` off), or no replayable prefix: one key pass, as before.
+    """
+    if not split or edited.encoder is not None or edited.frozen_prefix() is None:
+        return edited.keys([e.input for e in new]), {}
+    keys: list[np.ndarray | None] = [None] * len(new)
+    ready, kept = {}, 0
+    for number, group in enumerate(groups):
+        inputs, targets = [new[p].input for p in group], [new[p].target for p in group]
+        if kept > CAPTURE_BUDGET:
+            found = edited.keys(inputs)
+        else:
+            ready[number] = prepared = prepare(edited, inputs, targets, split)
+            found = _capture_with_keys(edited, prepared)
+            kept += prepared.frozen.nbytes
+        for position, key in zip(group, found):
+            keys[position] = key
+    return np.stack(keys).astype(np.float32) if keys else np.zeros((0, 0), np.float32), ready
+
+
+def _capture_with_keys(edited: EditedModel, prepared: Prepared) -> np.ndarray:
+    """The base model's no-grad pass over prepared rows: the key hook pools each row's key (and routes it
+    nowhere, so no LoRA block runs) and the frozen prefix is captured, with a digest of the logits that
+    the first replayed training step must reproduce (a fresh block adds exact zeros)."""
+    taken = []
+
+    def on_keys(pooled: torch.Tensor) -> torch.Tensor:
+        taken.append(pooled.float().cpu().numpy())
+        return torch.full((pooled.shape[0],), NO_BLOCK, dtype=torch.long)
+
+    with torch.no_grad(), edited.routes.by_key(prepared.key_mask, on_keys), prepared.frozen.capturing():
+        logits = edited._forward(prepared.model_inputs).logits
+    if not taken:
+        raise RuntimeError(f"the key layer {edited.config.key_layer} did not run")
+    prepared.frozen.reference = prefix.digest(logits)
+    return taken[0]
 
 
 @dataclass
@@ -223,6 +294,17 @@ def _training_rows(router: Router, touched: list[int], first: int, edits: list[E
     return rows
 
 
+def _rows_of_batch(prepared: Prepared | None, numbers: list[int],
+                   rows: list[tuple]) -> tuple[list[int], Prepared] | None:
+    """Where the batch's edits (captured in group order) are among its training rows, if all are."""
+    if prepared is None:
+        return None
+    where = {r[0]: i for i, r in enumerate(rows) if r[0] is not None}
+    if not all(n in where for n in numbers):
+        return None  # an edit of the batch is not trained (superseded): capture the rows afresh
+    return [where[n] for n in numbers], prepared
+
+
 def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[list[int]],
         on_batch: Callable[[BatchReport], None] | None = None, negatives: list[str] = (),
         split: bool = True) -> RunResult:
@@ -235,7 +317,7 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
     """
     all_edits = history + new
     offset = len(history)
-    keys = edited.keys([e.input for e in new])
+    keys, captured = _keys_and_prefixes(edited, new, groups, split)
     router = ensure_router(edited, keys)
     if negatives:
         for key in edited.keys(list(negatives)):
@@ -263,8 +345,9 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
             touched.append(result.cluster)
         count = _compact_blocks(router, touched, first)
         rows = _training_rows(router, touched, first, all_edits, superseded, edited.config.contexts if per_edit else 0)
+        ready = _rows_of_batch(captured.pop(batch_number, None), [offset + p for p in group], rows)
         steps, loss, hits = (train_blocks(edited, first, count, [r[1] for r in rows], [r[2] for r in rows],
-                                          [r[3] for r in rows], generator, split) if rows else (0, 0.0, []))
+                                          [r[3] for r in rows], generator, split, ready) if rows else (0, 0.0, []))
         edit_rows = [(r[0], hit) for r, hit in zip(rows, hits) if r[0] is not None]
         batch_numbers = {offset + p for p in group}
         report = BatchReport(batch_number, first, len(group), sum(n not in batch_numbers for n, _ in edit_rows),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,3 +138,45 @@ def test_narrowed_logits_score_what_all_logits_score_and_older_transformers_get_
             logits = edited._forward(inputs).logits
         losses.append(tasks.score(backbone, logits, targets, aligned, tasks.rows_of(enc) if aligned else None)[0])
     assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+
+
+def _paper_layout(llama_path):
+    backbone = backbones.load(str(llama_path), "auto", "cpu")
+    lora = layers.default_lora_layers(backbone.model, backbone.task)
+    config = MeloConfig(task=backbone.task, lora_layers=lora, key_layer=layers.default_key_layer(backbone.model, lora),
+                        key_source="base", metric="euclidean", radius_policy="split", margin=0.0, block_per="batch")
+    return EditedModel(backbone, config)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_base_model_keys_come_from_the_frozen_pass_training_replays(llama_path, monkeypatch, shared):
+    """With base-model keys, one no-grad pass per batch both takes the keys and captures the prefix that
+    training replays (before: a key pass and a capture pass). The keys are the key pass's keys to float
+    rounding, and the first replayed step matched the pass's logits digest (a mismatch would fall back to
+    full passes, and the frozen blocks would run at every step)."""
+    from melo_cli import training
+    from melo_cli.edits import Edit
+
+    if not shared:
+        monkeypatch.setattr(training, "CAPTURE_BUDGET", -1)  # keys from a pass of their own, as before
+    edited = _paper_layout(llama_path)
+    stack = layers.block_stacks(edited.backbone.model)[0][1]
+    frozen_passes = []
+    stack[0].mlp.register_forward_hook(lambda *a: frozen_passes.append(1))  # not called while replayed
+    edits = [Edit(e["input"], e["target"]) for e in load_edits("counterfact-20.jsonl", 12)]
+    groups = [list(range(0, 6)), list(range(6, 12))]
+    result = training.run(edited, [], edits, groups)
+    assert not result.unlearned
+    assert len(frozen_passes) == 2 if shared else len(frozen_passes) >= 4  # one per batch; else 2 or more per batch
+    members = edited.router.member_keys[:len(edits)]
+    assert np.allclose(members, edited.keys([e.input for e in edits]), atol=1e-5)
+
+
+def test_a_prefix_captured_ahead_that_does_not_replay_its_digest_falls_back(llama_path):
+    edited = _edited(llama_path)
+    frozen = prefix.frozen_prefix(edited.backbone.model, edited.config.lora_layers)
+    frozen.captured, frozen.reference = torch.zeros(1), prefix.digest(torch.ones(2, 3))
+    full = iter([torch.zeros(2, 3), torch.full((2, 3), 7.0)])  # the replay gives zeros, the redo a full pass
+    step = prefix.train_steps(frozen, lambda: next(full))
+    assert torch.equal(step(0), torch.full((2, 3), 7.0)) and frozen.trusted is False
+    assert prefix.digest(torch.tensor([-0.0, 1.0])) == prefix.digest(torch.tensor([0.0, 1.0]))
