@@ -140,16 +140,17 @@ def test_narrowed_logits_score_what_all_logits_score_and_older_transformers_get_
     assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
 
 
-def _paper_layout(llama_path):
-    backbone = backbones.load(str(llama_path), "auto", "cpu")
+def _paper_layout(path):
+    backbone = backbones.load(str(path), "auto", "cpu")
     lora = layers.default_lora_layers(backbone.model, backbone.task)
     config = MeloConfig(task=backbone.task, lora_layers=lora, key_layer=layers.default_key_layer(backbone.model, lora),
                         key_source="base", metric="euclidean", radius_policy="split", margin=0.0, block_per="batch")
     return EditedModel(backbone, config)
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_base_model_keys_come_from_the_frozen_pass_training_replays(llama_path, monkeypatch, shared):
+@pytest.mark.parametrize("model,one_pass", [("llama", True), ("llama", False), ("gpt2", True), ("bert", True)])
+def test_base_model_keys_come_from_the_frozen_pass_training_replays(model, one_pass, llama_path, gpt2_path, bert_path,
+                                                                    monkeypatch):
     """With base-model keys, one no-grad pass per batch both takes the keys and captures the prefix that
     training replays (before: a key pass and a capture pass). The keys are the key pass's keys to float
     rounding, and the first replayed step matched the pass's logits digest (a mismatch would fall back to
@@ -157,19 +158,20 @@ def test_base_model_keys_come_from_the_frozen_pass_training_replays(llama_path, 
     from melo_cli import training
     from melo_cli.edits import Edit
 
-    if not shared:
+    if not one_pass:
         monkeypatch.setattr(training, "CAPTURE_BUDGET", -1)  # keys from a pass of their own, as before
-    edited = _paper_layout(llama_path)
+    edited = _paper_layout({"llama": llama_path, "gpt2": gpt2_path, "bert": bert_path}[model])
     stack = layers.block_stacks(edited.backbone.model)[0][1]
     frozen_passes = []
-    stack[0].mlp.register_forward_hook(lambda *a: frozen_passes.append(1))  # not called while replayed
-    edits = [Edit(e["input"], e["target"]) for e in load_edits("counterfact-20.jsonl", 12)]
+    next(stack[0].children()).register_forward_hook(lambda *a: frozen_passes.append(1))  # idle while replayed
+    sample = "classification-20.jsonl" if model == "bert" else "counterfact-20.jsonl"
+    edits = [Edit(e["input"], e["target"]) for e in load_edits(sample, 12)]
     groups = [list(range(0, 6)), list(range(6, 12))]
     result = training.run(edited, [], edits, groups)
-    assert not result.unlearned
-    assert len(frozen_passes) == 2 if shared else len(frozen_passes) >= 4  # one per batch; else 2 or more per batch
+    assert not result.unlearned or model != "llama"  # the random tiny GPT-2 and BERT need not learn
+    assert len(frozen_passes) == 2 if one_pass else len(frozen_passes) >= 4  # one per batch; else 2 or more per batch
     members = edited.router.member_keys[:len(edits)]
-    assert np.allclose(members, edited.keys([e.input for e in edits]), atol=1e-5)
+    assert np.allclose(members, edited.keys([e.input for e in edits]), rtol=1e-4, atol=1e-5)
 
 
 def test_a_prefix_captured_ahead_that_does_not_replay_its_digest_falls_back(llama_path):
