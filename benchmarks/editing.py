@@ -79,6 +79,15 @@ def scored_steps(backbone, enc, trained_layers: list[str], forward):
     return lambda number: tasks.score(backbone, step(number), targets, aligned, rows)
 
 
+def scored_hits(backbone, inputs, targets, forward, enc=None) -> list[bool]:
+    """Teacher-forced hits with logits only where targets are scored (a 262k vocabulary at every
+    position made scoring, not editing, most of a Gemma run). forward(model inputs) -> logits."""
+    enc = enc if enc is not None else tasks.encode(backbone, inputs, targets)
+    kwargs, scored, aligned = tasks.narrowed(backbone, enc)
+    _, hits = tasks.score(backbone, forward(kwargs), scored, aligned, tasks.rows_of(enc) if aligned else None)
+    return [bool(h) for h in hits.tolist()]
+
+
 # -- the three editors, behind one small interface ---------------------------------------------------
 class MeloEditor:
     """melo through its Python API (melo_cli.MeloModel), as a user would run it: one edit call over the
@@ -112,6 +121,9 @@ class MeloEditor:
     def logits(self, inputs, targets):
         enc, logits, _ = self.edited.teacher_forced(inputs, targets)
         return enc, logits
+
+    def hits(self, inputs, targets) -> list[bool]:
+        return [bool(h) for h in self.edited.target_scores(inputs, targets).hits.tolist()]
 
     def generate(self, inputs, n):
         return self.model.generate(inputs, max_new_tokens=max(n, 1))
@@ -158,6 +170,11 @@ class LoraFinetune:
         enc = tasks.encode(self.backbone, inputs, targets).to(self.backbone.device)
         with self._on(len(inputs)):
             return enc, self.backbone.model(**enc.inputs).logits
+
+    @torch.no_grad()
+    def hits(self, inputs, targets) -> list[bool]:
+        with self._on(len(inputs)):
+            return scored_hits(self.backbone, inputs, targets, lambda kwargs: self.backbone.model(**kwargs).logits)
 
     @torch.no_grad()
     def generate(self, inputs, n):
@@ -290,6 +307,11 @@ class GraceStyle:
         return enc, self._call(enc)
 
     @torch.no_grad()
+    def hits(self, inputs, targets) -> list[bool]:
+        enc = tasks.encode(self.backbone, inputs, targets)
+        return scored_hits(self.backbone, inputs, targets, lambda kwargs: self._call(enc, inputs=kwargs), enc)
+
+    @torch.no_grad()
     def generate(self, inputs, n):
         enc = tasks.encode(self.backbone, inputs)
         self.state = (self._last(enc.key_mask), None, None)
@@ -340,8 +362,8 @@ def score(ed, records, base, full: bool) -> dict:
     ins, tgt = [r["input"] for r in records], [r["target"] for r in records]
     reph = [r["rephrases"][0] for r in records]
     loc, loc_t = [r["locality"] for r in records], [r["locality_target"] for r in records]
-    es, _ = tf_hits_and_argmax(ed, ins, tgt)
-    gen, _ = tf_hits_and_argmax(ed, reph, tgt)
+    es = [h for chunk in chunks(list(zip(ins, tgt))) for h in ed.hits([c[0] for c in chunk], [c[1] for c in chunk])]
+    gen = [h for chunk in chunks(list(zip(reph, tgt))) for h in ed.hits([c[0] for c in chunk], [c[1] for c in chunk])]
     _, loc_am = tf_hits_and_argmax(ed, loc, loc_t)
     unrelated = ~np.array(common.restating(records), bool)
     kept_tf = np.array([a == b for a, b in zip(loc_am, base["loc_argmax"])], bool)
@@ -366,6 +388,7 @@ def main() -> None:
     parser.add_argument("--editors", default="melo,melo-paper,grace-style,lora-ft")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (pinned for timing)")
     parser.add_argument("--tag", default=None, help="results file suffix (default: MODEL-DATASET-nN)")
+    parser.add_argument("--final-only", action="store_true", help="score after the last batch only (no retention curve)")
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -376,6 +399,8 @@ def main() -> None:
     args.n = len(records)  # zsRE holds 998 records with a new answer
     batches = [records[i:i + args.batch_size] for i in range(0, len(records), args.batch_size)]
     checkpoints = sorted({max(1, len(batches) // 4), max(1, len(batches) // 2), len(batches)})
+    if args.final_only:
+        checkpoints = [len(batches)]
     env = common.environment(args.device)
     env["threads"] = args.threads
 
