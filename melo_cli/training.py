@@ -157,6 +157,7 @@ class Prepared:
 
 def prepare(edited: EditedModel, inputs: list[str], targets: list[str], split: bool,
             enc: tasks.Encoded | None = None) -> Prepared:
+    """These rows as training runs them (`enc`: their encoding, if already made)."""
     backbone = edited.backbone
     enc = (enc if enc is not None else tasks.encode(backbone, inputs, targets)).to(backbone.device)
     model_inputs, scored, aligned = tasks.narrowed(backbone, enc) if split else (enc.inputs, enc.targets, False)
@@ -181,7 +182,8 @@ def _step_groups(edited: EditedModel, inputs: list[str], targets: list[str], row
                  split: bool, ready: tuple[list[int], Prepared] | None = None) -> list[_StepGroup]:
     backbone = edited.backbone
     prepared = [ready] if ready is not None else []
-    rest = [i for i in range(len(inputs)) if ready is None or i not in set(ready[0])]
+    taken = set(ready[0]) if ready is not None else set()
+    rest = [i for i in range(len(inputs)) if i not in taken]
     if rest:
         whole = tasks.encode(backbone, [inputs[i] for i in rest], [targets[i] for i in rest])
         members = [list(range(len(rest)))]
