@@ -335,6 +335,11 @@ def chunks(items, size=32):
         yield items[i:i + size]
 
 
+def tf_hits(ed, inputs, targets) -> list[bool]:
+    """Teacher-forced hits in chunks (logits only where targets are scored: see scored_hits)."""
+    return [h for chunk in chunks(list(zip(inputs, targets))) for h in ed.hits([c[0] for c in chunk], [c[1] for c in chunk])]
+
+
 def tf_hits_and_argmax(ed, inputs, targets):
     hits, argmaxes = [], []
     for chunk in chunks(list(zip(inputs, targets))):
@@ -362,8 +367,7 @@ def score(ed, records, base, full: bool) -> dict:
     ins, tgt = [r["input"] for r in records], [r["target"] for r in records]
     reph = [r["rephrases"][0] for r in records]
     loc, loc_t = [r["locality"] for r in records], [r["locality_target"] for r in records]
-    es = [h for chunk in chunks(list(zip(ins, tgt))) for h in ed.hits([c[0] for c in chunk], [c[1] for c in chunk])]
-    gen = [h for chunk in chunks(list(zip(reph, tgt))) for h in ed.hits([c[0] for c in chunk], [c[1] for c in chunk])]
+    es, gen = tf_hits(ed, ins, tgt), tf_hits(ed, reph, tgt)
     _, loc_am = tf_hits_and_argmax(ed, loc, loc_t)
     unrelated = ~np.array(common.restating(records), bool)
     kept_tf = np.array([a == b for a, b in zip(loc_am, base["loc_argmax"])], bool)
