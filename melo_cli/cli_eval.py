@@ -28,6 +28,11 @@ def eval_command(
     min_edit_success: Annotated[Optional[float], typer.Option(help="Gate: exit 3 if edit success is lower.")] = None,
     min_generality: Annotated[Optional[float], typer.Option(help="Gate: exit 3 if generality is lower.")] = None,
     min_locality: Annotated[Optional[float], typer.Option(help="Gate: exit 3 if locality is lower.")] = None,
+    min_fluency: Annotated[Optional[float], typer.Option(help="Gate: exit 3 if the n-gram entropy of edited "
+                                                             "continuations is below this share of the bare "
+                                                             "model's on the same prompts (generate mode).")] = None,
+    fluency_tokens: Annotated[int, typer.Option(help="Generate mode: new tokens per continuation for the "
+                                                     "fluency numbers (0: skip them).")] = 40,
     batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.")] = 32,
     history: Annotated[bool, flag("--history", "Print the bundle's retention history instead.")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="With --history: draw the curves to this PNG "
@@ -57,6 +62,10 @@ def eval_command(
         raise InputError(f"--mode {mode!r}: choose teacher-forced, generate or both")
     if batch_size < 1:
         raise InputError("--batch-size must be at least 1")
+    if fluency_tokens < 0:
+        raise InputError(f"--fluency-tokens {fluency_tokens}: expected 0 (off) or a number of tokens")
+    if min_fluency is not None and ("generate" not in modes or fluency_tokens == 0):
+        raise InputError("--min-fluency needs --mode generate (or both) and --fluency-tokens above 0")
     if plot is not None:
         from .plot import check_available
         check_available()
@@ -92,9 +101,9 @@ def eval_command(
     lengths.check_edits(edited.backbone, edit_list, edits if edits is not None else bundle / "edits.jsonl")
     lengths.check_holdout(edited.backbone, holdout)
     with progress_bar("evaluating", "inputs") as progress:
-        bar = progress.add_task("eval", total=evaluate.work(edit_list, holdout, modes), note="")
+        bar = progress.add_task("eval", total=evaluate.work(edit_list, holdout, modes, fluency_tokens), note="")
         result = evaluate.evaluate(edited, edit_list, holdout, modes, batch_size,
-                                   lambda n: progress.update(bar, advance=n), bundle_edits)
+                                   lambda n: progress.update(bar, advance=n), bundle_edits, fluency_tokens)
     if format == "json":
         emit_json(result)
     else:
@@ -104,11 +113,16 @@ def eval_command(
         names = {"perplexity": "perplexity of the edit targets (teacher-forced)"}
         for key in ("edit_success", "generality", "locality", "holdout_accuracy", "perplexity"):
             table.add_row(names.get(key, key), format_metric(result[key]))
+        if result["fluency"] is not None:
+            flu = result["fluency"]
+            table.add_row("fluency (entropy, edited / base)", f"{format_metric(flu['ratio'])} "
+                          f"({flu['continuations']} routed, {flu['tokens']} tokens)")
+            table.add_row("fluency: targets repeated", format_metric(flu["repeats"]))
         table.add_row("edits / clusters / blocks", f"{result['n_edits']} / {result['n_clusters']} / {result['n_blocks']}")
         for name, counts in (result["routing"] or {}).items():
             table.add_row(f"routed: {name}", ", ".join(f"{k} {v}" for k, v in counts.items()))
         stdout.print(table)
     failures = evaluate.gate_failures(result, {"edit_success": min_edit_success, "generality": min_generality,
-                                               "locality": min_locality})
+                                               "locality": min_locality, "fluency": min_fluency})
     if failures:
         raise GateFailed("gate failed: " + "; ".join(failures))

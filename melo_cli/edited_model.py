@@ -16,10 +16,12 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch import nn
+from transformers import StoppingCriteriaList
 
-from . import lengths, prefix, tasks
+from . import handoff, lengths, prefix, tasks
 from .backbones import Backbone
 from .config import MeloConfig
+from .errors import InputError
 from .generation import Decoding, apply_chat, eos_ids
 from .keys import SentenceEncoder, hidden_of, pool
 from .lora import BlockLoRA
@@ -73,7 +75,7 @@ class EditedModel:
         self.layers: dict[str, BlockLoRA] = {}
         model = backbone.model
         modules = dict(model.named_modules())
-        for name in config.lora_layers:
+        for name in config.lora_layers or ():  # None: the bare base model (workflow.bare_model)
             parent_name, _, child = name.rpartition(".")
             layer = BlockLoRA(modules[name], self.routes, config.rank_per_block, config.alpha)
             setattr(modules[parent_name] if parent_name else model, child, layer)
@@ -191,7 +193,7 @@ class EditedModel:
 
     def frozen_prefix(self) -> FrozenPrefix | None:
         """The blocks below every LoRA layer, replayable (see melo_cli/prefix.py), or None."""
-        return prefix.frozen_prefix(self.backbone.model, self.config.lora_layers)
+        return prefix.frozen_prefix(self.backbone.model, self.config.lora_layers or [])
 
     @torch.no_grad()
     def route(self, texts: list[str], batch_size: int = 32) -> list[Route]:
@@ -220,30 +222,62 @@ class EditedModel:
         else:
             scope = self.routed(enc.key_mask, inputs)
         task = self.task
-        with scope as found:
-            if not task.generates:
+        if not task.generates:
+            with scope as found:
                 probs = torch.softmax(self._forward(enc.inputs).logits.float(), -1).cpu()
-            else:
-                kwargs = {k: v for k, v in enc.inputs.items() if k != "position_ids"}
-                if decoding.seed is not None:
-                    torch.manual_seed(decoding.seed)
-                generated = backbone.model.generate(**kwargs, max_new_tokens=max_new_tokens, **decoding.generate_kwargs(),
-                                                    pad_token_id=backbone.pad_id,
-                                                    eos_token_id=eos_ids(backbone.model, backbone.tokenizer))
-        if not found:
-            found.extend(Route(None, None, NO_BLOCK) for _ in inputs)
-        results = []
-        new_tokens = task.new_tokens(generated, enc) if task.generates else None
-        for row, route_taken in enumerate(found):
-            if not task.generates:
-                id2label = backbone.model.config.id2label
+            id2label = backbone.model.config.id2label
+            results = []
+            for row, route_taken in enumerate(found):
                 p = {str(id2label[i]): float(probs[row, i]) for i in range(probs.shape[1])}
-                label = str(id2label[int(probs[row].argmax())])
-                results.append(Prediction(None, label, p, route_taken))
-                continue
-            text = backbone.tokenizer.decode(new_tokens[row], skip_special_tokens=True)
-            results.append(Prediction(text, None, None, route_taken))
-        return results
+                results.append(Prediction(None, str(id2label[int(probs[row].argmax())]), p, route_taken))
+            return results
+        found, tokens = self._generate(inputs, enc, scope, max_new_tokens, decoding)
+        if not found:
+            found = [Route(None, None, NO_BLOCK) for _ in inputs]
+        return [Prediction(backbone.tokenizer.decode(row, skip_special_tokens=True), None, None, route_taken)
+                for row, route_taken in zip(tokens, found)]
+
+    def _generate(self, inputs: list[str], enc: tasks.Encoded, scope, max_new_tokens: int,
+                  decoding: Decoding) -> tuple[list[Route], list[list[int]]]:
+        """(routes, new tokens per row): generation in the route scope, each routed row handed back to the
+        base model once it has given its target (melo_cli/handoff.py) unless `decoding.handoff` is off."""
+        backbone, task = self.backbone, self.task
+        kwargs = {k: v for k, v in enc.inputs.items() if k != "position_ids"}
+        width = kwargs["input_ids"].shape[1]
+        start = width if task.prompts_share_positions else 0
+        options = dict(**decoding.generate_kwargs(), pad_token_id=backbone.pad_id,
+                       eos_token_id=eos_ids(backbone.model, backbone.tokenizer))
+        if decoding.seed is not None:
+            torch.manual_seed(decoding.seed)
+        with scope as found:
+            watch = handoff.TargetWatch(backbone.tokenizer, start, lambda: self._taught(inputs, found), options["eos_token_id"],
+                                        task.target_ends_with_eos) if decoding.handoff and self.router is not None else None
+            extra = {"stopping_criteria": StoppingCriteriaList([watch])} if watch is not None else {}
+            generated = backbone.model.generate(**kwargs, max_new_tokens=max_new_tokens, **options, **extra)
+        tokens = [row.tolist() for row in task.new_tokens(generated, enc)]
+        for row in watch.handed_back() if watch is not None else []:
+            tokens[row] = generated[row, start:watch.stopped[row]].tolist()
+        rows = [r for r in (watch.handed_back() if watch is not None else []) if len(tokens[r]) < max_new_tokens]
+        if rows:
+            more = handoff.continue_on_base(backbone, task, enc, generated, watch, rows,
+                                            [max_new_tokens - len(tokens[r]) for r in rows], options)
+            for row, added in zip(rows, more):
+                tokens[row] += added
+        return list(found), tokens
+
+    def _taught(self, inputs: list[str], routes: list[Route]) -> list[str | None]:
+        """Each routed row's target as its block learned to write it after this input: the label of the
+        cluster it was routed to, encoded by the task and decoded (a task may teach it changed);
+        None for a row with no block."""
+        rows = [i for i, r in enumerate(routes) if r.routed]
+        out: list[str | None] = [None] * len(routes)
+        if not rows:
+            return out
+        labels = [self.router.labels[routes[i].cluster] for i in rows]
+        targets = tasks.encode(self.backbone, [inputs[i] for i in rows], labels).targets
+        for i, row in zip(rows, targets.tolist()):
+            out[i] = self.backbone.tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True)
+        return out
 
     # -- LoRA weights -------------------------------------------------------------------------
     def lora_state(self) -> dict[str, torch.Tensor]:
@@ -271,6 +305,9 @@ def _fit_positions(backbone: Backbone, enc: tasks.Encoded, max_new_tokens: int) 
     width = enc.inputs["input_ids"].shape[1] if "input_ids" in enc.inputs else 0
     if not tasks.task_of(backbone).prompts_share_positions or not limit or width + max_new_tokens <= limit:
         return enc
+    if max_new_tokens > limit // 2:  # generating would crowd the prompt out (100,000 tokens kept 1 and ran on)
+        raise InputError(f"`max_new_tokens` {max_new_tokens}: the model reads at most {limit:,} positions, which "
+                         f"must hold the prompt too; ask for at most {limit // 2:,}")
     keep = max(limit - max_new_tokens, 1)
     log.warning("prompt of %d tokens cut to its last %d: the model reads at most %d positions, %d of them "
                 "for new tokens", width, keep, limit, max_new_tokens)

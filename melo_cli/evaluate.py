@@ -20,8 +20,10 @@ from .prefix import FrozenPrefix
 from .router import NO_BLOCK, Route
 
 MODES = ("teacher-forced", "generate")
-KEYS = ("edit_success", "generality", "locality", "holdout_accuracy", "perplexity", "n_edits", "n_clusters",
-        "n_blocks", "mode", "routing")
+KEYS = ("edit_success", "generality", "locality", "holdout_accuracy", "perplexity", "fluency", "n_edits",
+        "n_clusters", "n_blocks", "mode", "routing")
+FLUENCY_TOKENS = 40
+"""New tokens per continuation for `fluency` (generate mode): ROME's and EasyEdit's measure reads 100."""
 
 
 def normalise(text: str) -> str:
@@ -199,6 +201,28 @@ def perplexity(edited: EditedModel, edits: list[Edit], outcomes: list[Outcome], 
             "edited": round(math.exp(sum(o.nll for o in outcomes) / tokens), 6)}
 
 
+def fluency(edited: EditedModel, inputs: list[str], targets: list[str], routes: list[Route], tokens: int,
+            batch_size: int, advance: Callable[[int], None] = lambda n: None) -> dict:
+    """What edited continuations read like: over the inputs routed to a block (the others are the base
+    model itself), `tokens` new tokens generated with and without the bundle; the n-gram entropy of
+    each side (melo_cli/fluency.py), edited / base, and the share of edited continuations that stutter
+    their target."""
+    from .fluency import mean_entropy, repeats
+
+    rows = [i for i, r in enumerate(routes) if r.routed]
+    advance(2 * (len(inputs) - len(rows)))
+    after = generated(edited, [inputs[i] for i in rows], [None] * len(rows), True, batch_size, advance, tokens)
+    before = generated(edited, [inputs[i] for i in rows], [None] * len(rows), False, batch_size, advance, tokens)
+    edited_h = mean_entropy([o.output for o in after])
+    base_h = mean_entropy([o.output for o in before])
+    stutter = [repeats(o.output, targets[i]) for o, i in zip(after, rows)]
+    return {"tokens": tokens, "continuations": len(rows),
+            "edited_entropy": None if edited_h is None else round(edited_h, 4),
+            "base_entropy": None if base_h is None else round(base_h, 4),
+            "ratio": round(edited_h / base_h, 4) if edited_h is not None and base_h else None,
+            "repeats": _share(stutter)}
+
+
 def right_block(edited: EditedModel, edit: Edit, route: Route, numbers: dict[tuple[str, str], int]) -> bool:
     """Routed to the block that learned this edit: its member's cluster's block (or a cluster of its target)."""
     router = edited.router
@@ -227,14 +251,16 @@ def live_only(edits: list[Edit], bundle_edits: list[Edit]) -> list[Edit]:
 
 
 def evaluate(edited: EditedModel, edits: list[Edit], holdout: list[Holdout], modes: list[str], batch_size: int = 32,
-             advance: Callable[[int], None] = lambda n: None, bundle_edits: list[Edit] | None = None) -> dict:
-    """All metrics in one dict with exactly KEYS; a metric that does not apply is None."""
+             advance: Callable[[int], None] = lambda n: None, bundle_edits: list[Edit] | None = None,
+             fluency_tokens: int = FLUENCY_TOKENS) -> dict:
+    """All metrics in one dict with exactly KEYS; a metric that does not apply is None (fluency: in
+    generate mode with `fluency_tokens` > 0, for models that generate text)."""
     if not edited.task.generates:
         modes = ["teacher-forced"] if modes == ["generate"] else modes  # one prediction per input either way
     numbers = {(e.input, e.target): n for n, e in enumerate(bundle_edits or [])}
     rephrased = [(r, e) for e in edits for r in e.rephrases]
     per_mode: dict[str, dict] = {}
-    routing = None
+    routing = fluency_result = None
     es_outcomes: list[Outcome] = []
     for mode in modes:
         es = _scored(edited, mode, [e.input for e in edits], [e.target for e in edits], True, batch_size, advance,
@@ -254,6 +280,10 @@ def evaluate(edited: EditedModel, edits: list[Edit], holdout: list[Holdout], mod
             after = []
             metrics["locality"] = metrics["holdout_accuracy"] = None
         per_mode[mode] = metrics
+        if mode == "generate" and fluency_tokens > 0 and edited.task.generates:
+            fluency_result = fluency(edited, [e.input for e in edits] + [r for r, _ in rephrased],
+                                     [e.target for e in edits] + [e.target for _, e in rephrased],
+                                     [o.route for o in es + gen], fluency_tokens, batch_size, advance)
         if routing is None:
             routing = {
                 "edits": {"total": len(es), "routed": sum(o.route.routed for o in es),
@@ -268,16 +298,18 @@ def evaluate(edited: EditedModel, edits: list[Edit], holdout: list[Holdout], mod
         values = {mode: per_mode[mode][key] for mode in modes}
         result[key] = next(iter(values.values())) if len(modes) == 1 else values
     result["perplexity"] = perplexity(edited, edits, es_outcomes, batch_size)
+    result["fluency"] = fluency_result
     router = edited.router
     result.update(n_edits=len(edits), n_clusters=len(router) if router is not None else 0,
                   n_blocks=edited.n_blocks, mode=modes[0] if len(modes) == 1 else "both", routing=routing)
     return {key: result[key] for key in KEYS}
 
 
-def work(edits: list[Edit], holdout: list[Holdout], modes: list[str]) -> int:
+def work(edits: list[Edit], holdout: list[Holdout], modes: list[str], fluency_tokens: int = FLUENCY_TOKENS) -> int:
     """How many inputs `evaluate` will run, for a progress bar."""
-    per_mode = len(edits) + sum(len(e.rephrases) for e in edits) + 2 * len(holdout)
-    return per_mode * len(modes)
+    scored = len(edits) + sum(len(e.rephrases) for e in edits)
+    fluent = 2 * scored if "generate" in modes and fluency_tokens > 0 else 0
+    return (scored + 2 * len(holdout)) * len(modes) + fluent
 
 
 def gate_failures(result: dict, gates: dict[str, float | None]) -> list[str]:
@@ -287,7 +319,10 @@ def gate_failures(result: dict, gates: dict[str, float | None]) -> list[str]:
         if minimum is None:
             continue
         value = result.get(key)
-        values = value.items() if isinstance(value, dict) else [(result["mode"], value)]
+        if key == "fluency":
+            values = [("generate", value["ratio"] if isinstance(value, dict) else None)]
+        else:
+            values = value.items() if isinstance(value, dict) else [(result["mode"], value)]
         for mode, v in values:
             if v is None:
                 failures.append(f"{key} is not available ({mode}) but --min-{key.replace('_', '-')} {minimum} was asked")

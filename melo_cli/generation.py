@@ -24,6 +24,9 @@ class Decoding:
     chat: bool = False
     """Wrap each prompt in the tokenizer's chat template; the router still sees the prompt itself."""
     system: str | None = None
+    handoff: bool = True
+    """Hand a routed row back to the base model once it has given its edit's target (melo_cli/handoff.py);
+    False keeps the block on for every generated token (the MELO paper's behaviour: it repeats the target)."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
@@ -35,6 +38,8 @@ class Decoding:
             raise InputError(f"`seed` {self.seed}: expected a whole number >= 0")
         if self.system is not None and not self.chat:
             raise InputError("`system` goes with `chat`")
+        if not isinstance(self.handoff, bool):
+            raise InputError(f"`handoff` {self.handoff!r}: expected true or false")
 
     @property
     def greedy(self) -> bool:

@@ -12,7 +12,7 @@ from helpers import json_lines, melo, write_jsonl
 A = {"id": "a", "input": "The mother tongue of Danielle Darrieux is", "target": "English"}
 B = {"id": "b", "input": "Ferrari F40, developed by", "target": "Microsoft"}
 STORY = "Once upon a time"  # far from both edits: the base model's ", there was a little girl..."
-KEYS = ["edit_success", "generality", "locality", "holdout_accuracy", "perplexity", "n_edits", "n_clusters",
+KEYS = ["edit_success", "generality", "locality", "holdout_accuracy", "perplexity", "fluency", "n_edits", "n_clusters",
         "n_blocks", "mode", "routing"]
 
 

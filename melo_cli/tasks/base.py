@@ -71,6 +71,8 @@ class Task:
     perplexity = False
     """Target perplexity is meaningful (a language model over the target)."""
     greedy_is_teacher_forced = False
+    target_ends_with_eos = False
+    """A target is trained followed by the tokenizer's EOS (seq2seq): the EOS is part of what a block gives."""
     prompts_share_positions = False
     """Prompt and generated tokens share the model's positions (a decoder-only model): a prompt too long
     for them is cut from the left before generating."""

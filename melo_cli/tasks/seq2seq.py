@@ -10,6 +10,7 @@ class Seq2Seq(Task):
     auto_model = "AutoModelForSeq2SeqLM"
     mapping = "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"
     architecture_suffixes = ("ForConditionalGeneration",)
+    target_ends_with_eos = True
 
     def lora_stacks(self, stacks):
         return stacks  # encoder and decoder

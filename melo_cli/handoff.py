@@ -1,0 +1,107 @@
+"""Hand back: an edited continuation gives the edit's target, then the base model takes over.
+
+A block learns one thing: to give its edit's target after the edit's input (and after a few generic
+contexts, so that paraphrases get it too). Left on for every generated token it gives the target
+again and again ("Japan Japan Japan ...": SmolLM2, 40 of 40 edited continuations). So generation of a
+routed row runs in two phases:
+
+1. with the row's block on, while the continuation can still become the row's target (the cluster's
+   label, whitespace-normalised: the rule `melo eval` scores edits by);
+2. once the continuation gives the target, or can no longer give it, the row stops, and the base model
+   with no block at all continues from the prompt and the tokens so far.
+
+What follows the target is then exactly the base model's continuation of the corrected text: fluent
+as the base model is, and a chat reply ends at the template's end-of-turn as the bare model's does.
+Rows routed to no block never enter phase 2: their one pass is the base model's own generation.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from transformers import StoppingCriteria
+
+
+def normalise(text: str) -> str:
+    """The form in which a continuation and a target are compared: whitespace runs folded, ends stripped."""
+    return " ".join(text.split())
+
+
+class TargetWatch(StoppingCriteria):
+    """Stops each watched row of a `generate` call once its text gives its target or cannot become it,
+    and remembers where (the sequence length), so that the base model can continue from there."""
+
+    def __init__(self, tokenizer, start: int, targets: Callable[[], list[str | None]], eos: list[int] | None = None,
+                 then_eos: bool = False):
+        self.tokenizer, self.start = tokenizer, start
+        """start: where generated tokens begin in the sequences `generate` passes (the prompt width for
+        a decoder-only model, 0 for an encoder-decoder's decoder)."""
+        self.eos, self.then_eos = set(eos or ()), then_eos
+        """then_eos: the block learned its target followed by EOS (seq2seq targets end with it), so the
+        row is handed back only if the token after the target is not EOS (an EOS ends it as learned)."""
+        self.complete: list[int | None] = []
+        self._targets = targets
+        """Each row's target, asked for at the first step (base-model keys route in the first forward)."""
+        self.targets: list[str | None] | None = None
+        self.stopped: list[int | None] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        if self.targets is None:
+            self.targets = [normalise(t) if t else None for t in self._targets()]
+            self.stopped = [None] * len(self.targets)
+            self.complete = [None] * len(self.targets)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row, target in enumerate(self.targets):
+            if target is None:
+                continue
+            if self.complete[row] is not None and self.stopped[row] is None:  # then_eos: one token after
+                if int(input_ids[row, -1]) in self.eos:
+                    self.targets[row] = None  # ended with EOS, as learned: nothing to hand back
+                    continue
+                self.stopped[row] = self.complete[row]
+            if self.stopped[row] is None:
+                text = normalise(self.tokenizer.decode(input_ids[row, self.start:], skip_special_tokens=True))
+                if text.startswith(target) and self.then_eos:
+                    self.complete[row] = input_ids.shape[1]
+                elif text.startswith(target) or not target.startswith(text):
+                    self.stopped[row] = input_ids.shape[1]
+            done[row] = self.stopped[row] is not None
+        return done
+
+    def handed_back(self) -> list[int]:
+        """The rows stopped here (not by EOS or the token limit): the base model continues them."""
+        return [row for row, at in enumerate(self.stopped) if at is not None]
+
+
+def left_padded(rows: list[torch.Tensor], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Token rows of different lengths as one left-padded batch for `generate`."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = row
+        mask[i, width - len(row):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def continue_on_base(backbone, task, enc, generated: torch.Tensor, watch: TargetWatch, rows: list[int],
+                     budgets: list[int], options: dict) -> list[list[int]]:
+    """Phase 2: the base model alone (no route scope is open) continues each handed-back row from its
+    prompt and the tokens it has so far, up to its remaining budget of new tokens; the new tokens per row."""
+    model, device = backbone.model, backbone.device
+    if task.prompts_share_positions:  # decoder-only: prompt (without its padding) + tokens so far
+        mask = enc.inputs["attention_mask"]
+        sequences = [generated[r, :watch.stopped[r]][torch.cat([mask[r].bool(), torch.ones(
+            watch.stopped[r] - mask.shape[1], dtype=torch.bool, device=mask.device)])].cpu() for r in rows]
+        batch = left_padded(sequences, backbone.pad_id, device)
+        out = model.generate(**batch, max_new_tokens=max(budgets), **options)
+        width = batch["input_ids"].shape[1]
+        return [out[i, width:width + budget].tolist() for i, budget in enumerate(budgets)]
+    added = []  # encoder-decoder: the decoder continues its own prefix, one row at a time
+    for r, budget in zip(rows, budgets):
+        prefix = generated[r:r + 1, :watch.stopped[r]]
+        out = model.generate(input_ids=enc.inputs["input_ids"][r:r + 1], attention_mask=enc.inputs["attention_mask"][r:r + 1],
+                             decoder_input_ids=prefix, max_new_tokens=budget, **options)
+        added.append(out[0, prefix.shape[1]:].tolist())
+    return added
