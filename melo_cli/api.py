@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import backbones, bases, bundle as bundle_io, evaluate, lengths, training
+from . import backbones, bases, bundle as bundle_io, evaluate, lengths, producible, training
 from .config import MeloConfig
 from .edited_model import EditedModel, Prediction
-from .edits import Edit, Holdout, batches, parse_edit, parse_holdout, record_is_live
+from .edits import Edit, Holdout, auto_id, batches, parse_edit, parse_holdout, record_is_live
 from .errors import BundleError, InputError, Unlearned
 from .router import Route
 
@@ -131,11 +131,12 @@ class MeloModel:
         `on_batch` each batch's report; `source` names the file the edits came from, for messages.
         Returns a summary dict."""
         started = time.perf_counter()
-        new = training.sort_new_edits(as_edits(edits, "edits"), self.live_edits, source)
+        new = self._with_ids(training.sort_new_edits(as_edits(edits, "edits"), self.live_edits, source))
         groups = batches(new, batch_size)
         training.check_targets(self.model.config, new, source, self.config.task)  # classifiers: labels exist
         negatives, kept = list(negatives), as_holdout(holdout)
         lengths.check_edits(self.edited.backbone, new, source)  # before any step: one line, not an IndexError
+        producible.check_edits(self.edited.backbone, new, source)
         lengths.check_holdout(self.edited.backbone, kept)
         if on_plan is not None:
             on_plan(len(groups))
@@ -147,7 +148,8 @@ class MeloModel:
             training.RunResult([], [])
         all_edits = self.edits + new
         try:
-            training.check_learned(result, all_edits, source, allow_partial, self.config.max_steps)
+            training.check_learned(result, all_edits, source, allow_partial, self.config.max_steps,
+                                   explain=lambda n: producible.first_miss(self.edited, all_edits[n]))
         except Unlearned:
             self._restore(snapshot)
             raise
@@ -164,6 +166,18 @@ class MeloModel:
                 "init_radius": self.config.init_radius, "steps_per_batch": [r.steps for r in reports],
                 "converged_batches": sum(r.converged for r in reports), "unlearned_edits": len(result.unlearned),
                 "unrouted_edits": len(lost), "seconds": round(time.perf_counter() - started, 3)}
+
+    def _with_ids(self, new: list[Edit]) -> list[Edit]:
+        """The new edits, each with an id: one that came without gets `auto_id` (what the commands print
+        and `melo forget --id` accepts)."""
+        taken = {e.id for e in self.edits + new if e.id is not None}
+        out = []
+        for position, edit in enumerate(new, len(self.edits)):
+            if edit.id is None:
+                edit = replace(edit, id=auto_id(position, taken))
+                taken.add(edit.id)
+            out.append(edit)
+        return out
 
     def _history_recorder(self, new: list[Edit], groups: list[list[int]], holdout: list[Holdout], rows: list[dict],
                           every: int, started: float, on_batch: Callable | None) -> Callable[[training.BatchReport], None]:
@@ -206,12 +220,12 @@ class MeloModel:
         for position, edit in enumerate(new):  # in edit-number order: record n is edit n
             batch, block = batch_of[position]
             self.records.append(edit.to_json(batch=edit.batch if edit.batch is not None
-                                             else str(self.batches_done + batch), block=block))
+                                             else str(self.batches_done + batch + 1), block=block))
         now = _now()
         for old, by in result.superseded.items():
             self.records[old]["superseded"] = {"by": by, "by_id": all_edits[by].id, "at": now}
-            log.info("edit %s (%r -> %r) is superseded by %s (-> %r)", all_edits[old].id or old,
-                     all_edits[old].input, all_edits[old].target, all_edits[by].id or by, all_edits[by].target)
+            log.info("edit %s (%r -> %r) is superseded by %s (-> %r)", all_edits[old].id, all_edits[old].input,
+                     all_edits[old].target, all_edits[by].id, all_edits[by].target)
         self.edits = [Edit(**{**{f.name: getattr(e, f.name) for f in fields(Edit)},
                               "superseded": self.records[n].get("superseded")}) for n, e in enumerate(all_edits)]
         self.batches_done += len(groups)
@@ -241,7 +255,7 @@ class MeloModel:
         return self.edited.route(list(prompts))
 
     def evaluate(self, edits: Iterable[Edit | dict] | None = None, holdout: Iterable[Holdout | dict | str] = (),
-                 mode: str = "generate", batch_size: int = 32) -> dict:
+                 mode: str = "generate", batch_size: int = 32, fluency_tokens: int = 40) -> dict:
         """Edit success, generality, locality (and the rest of `melo eval`) on these edits (default:
         the live edits this model holds) and holdout inputs."""
         modes = ["teacher-forced", "generate"] if mode == "both" else [mode]
@@ -251,7 +265,8 @@ class MeloModel:
         kept = as_holdout(holdout)
         lengths.check_edits(self.edited.backbone, scored, None)
         lengths.check_holdout(self.edited.backbone, kept)
-        return evaluate.evaluate(self.edited, scored, kept, modes, batch_size, bundle_edits=self.edits)
+        return evaluate.evaluate(self.edited, scored, kept, modes, batch_size, bundle_edits=self.edits,
+                                 fluency_tokens=fluency_tokens)
 
     # -- saving -------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, *, overwrite: bool = False) -> Path:

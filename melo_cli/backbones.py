@@ -36,6 +36,8 @@ class Backbone:
     device: torch.device
     gguf: dict | None = None
     """For a GGUF base: the file's name, sha256 and size (the weights came from it, dequantised)."""
+    shadowed: object = None
+    """Which tokens can never be the argmax (producible.shadowed), computed on first need."""
 
     @property
     def pad_id(self) -> int:
@@ -115,7 +117,9 @@ def looks_local(source: str) -> bool:
 
 
 def check_source(source: str) -> None:
-    """Refuse a local-looking model path that is not there, before anything asks the hub."""
+    """Refuse an empty name, and a local-looking model path that is not there, before anything asks the hub."""
+    if not source.strip():
+        raise InputError("the model name is empty: give a folder, a hub id or a .gguf file")
     if looks_local(source) and not Path(source).expanduser().exists():
         raise InputError(f"{source}: no such model folder or file")
 
@@ -185,7 +189,10 @@ def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "au
         if dtype not in DTYPES:
             raise InputError(f"unknown `dtype` {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
         kwargs["dtype"] = DTYPES[dtype]
-    model = auto.from_pretrained(source, **kwargs)
+    try:
+        model = auto.from_pretrained(source, **kwargs)
+    except OSError as exc:  # a folder with a config and no weights, a hub id without them
+        raise InputError(f"cannot load the weights of {given!r}: {str(exc).splitlines()[0]}") from None
     threads.configure(model)
     tokenizer = load_tokenizer(source, trust_remote_code)
     if tokenizer.pad_token_id is None:

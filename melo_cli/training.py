@@ -396,13 +396,20 @@ def check_targets(model_config, edits: list[Edit], edits_path: Path | str | None
 
 
 def check_learned(result: RunResult, edits: list[Edit], edits_path: Path | str | None, allow_partial: bool,
-                  max_steps: int | str) -> None:
-    """Say which edits a batch left unlearned; refuse them (Unlearned) unless allow_partial."""
+                  max_steps: int | str, explain: Callable[[int], str | None] = lambda n: None) -> None:
+    """Say which edits a batch left unlearned (and, for the first few, `explain`: why); refuse them
+    (Unlearned) unless allow_partial."""
     unlearned = result.unlearned
     if not unlearned:
         return
-    names = ", ".join(_where(edits_path, edits[n]) if edits[n].line or edits[n].record else f"edit {n}"
-                      for n in unlearned[:5]) + (f" and {len(unlearned) - 5} more" if len(unlearned) > 5 else "")
+
+    def named(n: int, shown: int) -> str:
+        where = _where(edits_path, edits[n]) if edits[n].line or edits[n].record else f"edit {n}"
+        why = explain(n) if shown < 3 else None
+        return f"{where} [{why}]" if why else where
+
+    names = ", ".join(named(n, i) for i, n in enumerate(unlearned[:5])) + \
+        (f" and {len(unlearned) - 5} more" if len(unlearned) > 5 else "")
     message = (f"{len(unlearned)} edit(s) not learned within `max_steps` {max_steps} "
                f"(target not the model's argmax): {names}")
     if not allow_partial:

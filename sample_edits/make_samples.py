@@ -34,11 +34,16 @@ def counterfact(shared: Path, n: int, holdout: int) -> None:
 
 
 def zsre(shared: Path, n: int, holdout: int) -> None:
+    """The first n records whose new answer is ASCII: the shipped tiny Llama (TinyStories) never wrote
+    another byte, and its byte tokens share one output row within a few percent, so it cannot learn
+    "Işın Karaca" (record 17) at all."""
     data = json.loads((shared / "data" / "zsre-mend-train-1k.json").read_text(encoding="utf-8"))
-    edits = [{"id": f"zsre-{i}", "input": r["src"], "target": r["alt"], "rephrases": [r["rephrase"]],
-              "subject": r["subject"]} for i, r in enumerate(data[:n])]
+    usable = [i for i, r in enumerate(data) if r["alt"].strip() and r["alt"].isascii()][:n]
+    edits = [{"id": f"zsre-{i}", "input": data[i]["src"], "target": data[i]["alt"], "rephrases": [data[i]["rephrase"]],
+              "subject": data[i]["subject"]} for i in usable]
     write_jsonl(HERE / f"zsre-{n}.jsonl", edits)
-    hold = [{"input": r["loc"], "target": r["loc_ans"]} for r in data[n:n + holdout]]
+    after = usable[-1] + 1
+    hold = [{"input": r["loc"], "target": r["loc_ans"]} for r in data[after:after + holdout]]
     write_jsonl(HERE / "zsre-holdout.jsonl", hold)
 
 
