@@ -19,6 +19,7 @@ import ctypes
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -30,10 +31,10 @@ from typing import Iterator
 import numpy as np
 from safetensors.numpy import load as numpy_from_bytes, save as numpy_to_bytes
 
-from . import hnsw_file, validate
+from . import hnsw_file, locks, validate
 from .snapshot import Snapshot, Swapped, private_copy
 from .config import MeloConfig
-from .edits import Edit
+from .edits import Edit, auto_id
 from .errors import BundleError, InputError, WriteFailed
 from .manifest import Manifest
 from .router import Router
@@ -45,6 +46,7 @@ CLUSTERS = "clusters.safetensors"
 EDITS = "edits.jsonl"
 CARD = "README.md"
 HISTORY = "history.jsonl"
+log = logging.getLogger("melo")
 ATTEMPTS = 20
 """Loads of a bundle that writers keep swapping out before one is read whole."""
 
@@ -128,17 +130,20 @@ def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Rout
         write_bytes(directory / name, data)
         digests[name] = hashlib.sha256(data).hexdigest()
 
-    put(LORA, numpy_to_bytes({name: np.ascontiguousarray(np.asarray(t, np.float32)) for name, t in lora.items()}))
-    put(CLUSTERS, numpy_to_bytes(router.arrays(), metadata={"labels": json.dumps(router.labels),
-                                                             "subjects": json.dumps(router.member_subjects)}))
+    manifest = Manifest(base_model=base, config=config, key_dim=int(router.dim), counts=counts,
+                        key_encoder=key_encoder)
+    put(LORA, numpy_to_bytes({name: np.ascontiguousarray(np.asarray(t, np.float32)) for name, t in lora.items()},
+                             metadata={"melo": validate.lora_settings(config)}))
+    arrays = {**router.arrays(), "member_digest": validate.member_digests(router.member_edit, records)}
+    put(CLUSTERS, numpy_to_bytes(arrays, metadata={"labels": json.dumps(router.labels),
+                                                   "subjects": json.dumps(router.member_subjects),
+                                                   "manifest": manifest.binding()}))
     router.save_index(directory / INDEX)  # hnswlib: no error on a full disk; write() reads it back, checked
     _fsync(directory / INDEX)
     digests[INDEX] = sha256(directory / INDEX)
     put(EDITS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
     for name, text in (extra_files or {}).items():
         put(name, text.encode("utf-8"))
-    manifest = Manifest(base_model=base, config=config, key_dim=int(router.dim), counts=counts,
-                        key_encoder=key_encoder)
     put(CARD, _card(manifest).encode("utf-8"))
     manifest.files = dict(sorted(digests.items()))
     write_text(directory / MANIFEST, manifest.to_yaml())
@@ -365,6 +370,8 @@ def load(path: str | Path) -> Bundle:
     path = Path(path)
     if not path.exists():
         clean_stale(path)
+    if locks.remove_stale(path):
+        log.info("removed the lock file a killed run left beside %s", path)
     return _read_whole(path, _load_pinned)
 
 
@@ -379,8 +386,10 @@ def _load_pinned(pinned: Snapshot) -> Bundle:
         labels = json.loads(metadata.get("labels", "[]"))
         subjects = json.loads(metadata["subjects"]) if "subjects" in metadata else None
         lora = numpy_from_bytes(files[LORA])
+        lora_metadata = _safetensors_metadata(files[LORA])
     except Exception as exc:  # safetensors raises several types for damaged files
         raise BundleError(f"{path}: unreadable tensors: {str(exc).splitlines()[0]}") from None
+    validate.binding(manifest, metadata, lora_metadata, path / MANIFEST)
     n_clusters, key_dim = manifest.counts["clusters"], manifest.key_dim
     if not isinstance(labels, list) or len(labels) != n_clusters or "centres" not in arrays \
             or arrays["centres"].shape != (n_clusters, key_dim):
@@ -391,6 +400,7 @@ def _load_pinned(pinned: Snapshot) -> Bundle:
         raise BundleError(f"{path / EDITS}: not UTF-8") from None
     validate.cluster_arrays(arrays, labels, manifest, validate.lora_blocks(lora, manifest, path / LORA),
                             len(records), path / CLUSTERS)
+    validate.records(records, arrays, labels, manifest, path / EDITS)
     index_bytes = files[INDEX]
     dim, count = hnsw_file.dimensions(index_bytes, path / INDEX)
     if dim != key_dim or count != n_clusters:
@@ -409,7 +419,9 @@ def _load_pinned(pinned: Snapshot) -> Bundle:
     except RuntimeError as exc:  # hnswlib's own complaint about a damaged index file
         raise BundleError(f"{path / INDEX}: unreadable index: {str(exc).splitlines()[0]}") from None
     validate.index_labels(router.index, n_clusters, path / INDEX)
-    edits = [Edit(r["input"], r["target"], tuple(r.get("rephrases") or ()), r.get("id"), r.get("batch"), i + 1,
+    given = {str(r["id"]) for r in records if r.get("id") is not None}
+    edits = [Edit(r["input"], r["target"], tuple(r.get("rephrases") or ()),
+                  str(r["id"]) if r.get("id") is not None else auto_id(i, given), r.get("batch"), i + 1,
                   superseded=r.get("superseded"), forgotten=r.get("forgotten"), subject=r.get("subject"))
              for i, r in enumerate(records)]
     try:

@@ -8,6 +8,8 @@ its type here, once, and the rest of melo reads attributes instead of digging th
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +19,10 @@ from . import __version__
 from .config import MeloConfig
 from .errors import BundleError, InputError
 
-FORMAT = 1
+FORMAT = 2
+"""Format 2 binds the manifest to the files (`binding`, lora.safetensors' settings, one digest per
+edit record); format 1 (bundles made before) still loads, without those checks."""
+FORMATS = (1, 2)
 COUNTS = ("edits", "batches", "blocks", "clusters")
 """Counts every manifest has (live_edits came later and is optional)."""
 
@@ -40,6 +45,17 @@ class Manifest:
     format: int = FORMAT
     melo_version: str = __version__
     created: str = field(default_factory=_now)
+    raw: dict | None = field(default=None, repr=False, compare=False)
+    """The mapping as read from YAML (None for a manifest being written)."""
+
+    def binding(self) -> str:
+        """sha256 of everything the manifest says but its file list, in canonical JSON: written into
+        clusters.safetensors, so that a changed value (alpha, a LoRA layer, a count) no longer matches,
+        and no edit of the manifest alone drops the check (the file's own sha256 is listed)."""
+        data = dict(self.raw if self.raw is not None else self.to_dict())
+        data.pop("files", None)
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+        return hashlib.sha256(text.encode("ascii")).hexdigest()
 
     def to_dict(self) -> dict:
         out = {"format": self.format, "melo_version": self.melo_version, "created": self.created,
@@ -65,9 +81,9 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: object, where: Path) -> "Manifest":
         """A manifest from parsed YAML, every field checked; BundleError names the field at fault."""
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in FORMATS or isinstance(data.get("format"), bool):
             found = data.get("format") if isinstance(data, dict) else None
-            raise BundleError(f"{where}: not a melo bundle manifest of format {FORMAT}"
+            raise BundleError(f"{where}: not a melo bundle manifest of format {' or '.join(map(str, FORMATS))}"
                               + (f" (format {found!r}: made by another melo version)" if found is not None else ""))
 
         def need(key: str, kind: type | tuple, what: str):
@@ -100,5 +116,5 @@ class Manifest:
         if parsed.unresolved or parsed.init_radius <= 0:
             raise BundleError(f"{where}: 'config' leaves {', '.join(parsed.unresolved) or 'init_radius'} unset")
         return cls(base_model=base, config=parsed, key_dim=key_dim, counts=counts, key_encoder=key_encoder,
-                   files=files, format=FORMAT, melo_version=str(data.get("melo_version", "?")),
-                   created=str(data.get("created", "?")))
+                   files=files, format=data["format"], melo_version=str(data.get("melo_version", "?")),
+                   created=str(data.get("created", "?")), raw=data)

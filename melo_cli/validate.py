@@ -9,6 +9,8 @@ A failure is a BundleError naming the file and what is wrong; nothing here needs
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,10 @@ def lora_blocks(lora: dict[str, np.ndarray], manifest: Manifest, where: Path) ->
         if max(float(np.abs(a).max(initial=0)), float(np.abs(b).max(initial=0))) > MAX_WEIGHT:
             raise BundleError(f"{where}: LoRA tensors of {name!r} hold values beyond {MAX_WEIGHT:g} (not trained weights)")
         sizes.add(int(a.shape[0]))
+    expected = {f"{name}.lora_{part}" for name in config.lora_layers for part in "AB"}
+    if set(lora) != expected:
+        extra = sorted(set(lora) - expected)[:2]
+        raise BundleError(f"{where}: holds tensors the manifest's LoRA layers do not name ({', '.join(extra)})")
     if len(sizes) > 1:
         raise BundleError(f"{where}: LoRA layers hold different numbers of blocks ({sorted(sizes)})")
     blocks = sizes.pop() if sizes else 0
@@ -118,3 +124,68 @@ def index_labels(index, n_clusters: int, where: Path) -> None:
     ids = np.asarray(index.get_ids_list(), dtype=np.int64)
     if len(ids) and (ids.min() < 0 or ids.max() >= n_clusters):
         raise BundleError(f"{where}: the index holds an id outside the {n_clusters} clusters")
+
+
+# -- format 2: the manifest bound to its files, each edit record to its router member -----------------
+def lora_settings(config) -> str:
+    """What lora.safetensors records of the settings its tensors need (compared with the manifest's)."""
+    return json.dumps({"rank_per_block": config.rank_per_block, "alpha": config.alpha,
+                       "lora_layers": list(config.lora_layers)}, sort_keys=True)
+
+
+def record_digest(record: dict) -> bytes:
+    """8 bytes of sha256 over an edit record's input and target: what its router member was made from."""
+    return hashlib.sha256(f"{record['input']}\0{record['target']}".encode("utf-8", "surrogatepass")).digest()[:8]
+
+
+def member_digests(member_edit: np.ndarray, records: list[dict]) -> np.ndarray:
+    """(members, 8) uint8: each member's edit record digest (zeros for negatives, which have none)."""
+    out = np.zeros((len(member_edit), 8), np.uint8)
+    for m, edit in enumerate(member_edit):
+        if 0 <= edit < len(records):
+            out[m] = np.frombuffer(record_digest(records[int(edit)]), np.uint8)
+    return out
+
+
+def binding(manifest: Manifest, clusters_metadata: dict, lora_metadata: dict, where: Path) -> None:
+    """A format-2 manifest is the one its files were written with: every value it states (config, counts,
+    base, key encoder) hashes to the digest in clusters.safetensors, and its LoRA settings are the ones
+    lora.safetensors records. A format-1 manifest over format-2 files (the checks dropped) is refused."""
+    bound = clusters_metadata.get("manifest")
+    if manifest.format < 2:
+        if bound is not None or "melo" in lora_metadata:
+            raise BundleError(f"{where}: says format {manifest.format}, but its files are format 2's")
+        return
+    if bound != manifest.binding():
+        raise BundleError(f"{where}: does not match the bundle it lists (a setting, count or base changed since "
+                          f"it was written)")
+    if lora_metadata.get("melo") != lora_settings(manifest.config):
+        raise BundleError(f"{where}: its LoRA settings are not the ones lora.safetensors was written with")
+
+
+def records(records: list[dict], arrays: dict[str, np.ndarray], labels: list[str], manifest: Manifest,
+            where: Path) -> None:
+    """edits.jsonl is this router's: the counts match it, every live member's record teaches its cluster's
+    label, and (format 2) every member's record is the one its key was made from."""
+    counts = manifest.counts
+    if counts["edits"] != len(records):
+        raise BundleError(f"{where}: holds {len(records)} edits; the manifest says {counts['edits']}")
+    live = sum("superseded" not in r and "forgotten" not in r for r in records)
+    if "live_edits" in counts and counts["live_edits"] != live:
+        raise BundleError(f"{where}: holds {live} live edits; the manifest says {counts['live_edits']}")
+    edit, cluster = arrays["member_edit"], arrays["member_cluster"]
+    for m in np.flatnonzero((edit >= 0) & (cluster >= 0)):
+        record = records[int(edit[m])]
+        if record["target"] != labels[int(cluster[m])]:
+            raise BundleError(f"{where}:{int(edit[m]) + 1}: target {record['target']!r} is not what its router "
+                              f"cluster teaches ({labels[int(cluster[m])]!r})")
+    if manifest.format < 2:
+        return
+    stored = arrays.get("member_digest")
+    if stored is None or stored.shape != (len(edit), 8):
+        raise BundleError(f"{where}: the router keeps no digest of its edit records")
+    wrong = np.flatnonzero((member_digests(edit, records) != stored).any(1))
+    if len(wrong):
+        number = int(edit[wrong[0]])
+        raise BundleError(f"{where}:{number + 1}: is not the edit its router member was made from "
+                          f"(another bundle's edits.jsonl, or a changed input or target)")

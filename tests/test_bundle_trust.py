@@ -125,7 +125,8 @@ def test_a_manifest_with_invalid_settings_is_refused_in_one_line(good_bundle, tm
     assert tuple(POOLINGS) == ("mean", "last")  # config.problems spells them out (keys.py imports torch)
     cases = {"metric": ("config", "metric", "manhattan"), "rank": ("config", "rank_per_block", -4),
              "radius": ("config", "init_radius", float("nan")), "counts": ("counts", "clusters", "many"),
-             "key_dim": (None, "key_dim", 0), "format": (None, "format", 2)}
+             "key_dim": (None, "key_dim", 0), "format": (None, "format", 3),
+             "format-downgrade": (None, "format", 1)}
     for name, (section, key, value) in cases.items():
         copy = tmp_path / name
         shutil.copytree(good_bundle, copy)
@@ -210,7 +211,30 @@ FORGERIES = {
     "metric unknown": lambda b: _forge_config(b, "metric", "manhattan"),
     "key layer above the LoRA layers": lambda b: _forge_config(b, "key_layer", "model.layers.4"),
     "LoRA on a layer that is not there": lambda b: _forge_config(b, "lora_layers", ["model.nope"]),
+    # issue 27: consistent forgeries that each gave exit 0 (the manifest's values and edits.jsonl are now
+    # bound to the arrays: validate.binding, validate.records)
+    "alpha 800": lambda b: _forge_config(b, "alpha", 800.0),
+    "a LoRA layer dropped from the config": lambda b: _forge_config(
+        b, "lora_layers", yaml.safe_load((b / "manifest.yaml").read_text())["config"]["lora_layers"][:-1]),
+    "counts.edits 21": lambda b: _forge_manifest(b, "counts", "edits", 21),
+    "another bundle's edits.jsonl": lambda b: _rewrite_records(b, lambda r: {**r, "input": "Toko Yasuda, the",
+                                                                             "target": "piano"}),
+    "a target changed in edits.jsonl": lambda b: _rewrite_records(b, lambda r: {**r, "target": "French"}
+                                                                  if r["target"] == "English" else r),
 }
+
+
+def _forge_manifest(bundle, section, key, value) -> None:
+    manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
+    manifest[section][key] = value
+    (bundle / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+
+def _rewrite_records(bundle, change) -> None:
+    import json
+
+    lines = (bundle / "edits.jsonl").read_text().splitlines()
+    (bundle / "edits.jsonl").write_text("".join(json.dumps(change(json.loads(line))) + "\n" for line in lines))
 
 
 @pytest.mark.parametrize("forgery", sorted(FORGERIES))
