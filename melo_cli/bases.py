@@ -31,6 +31,7 @@ def resolve_config(backbone: Backbone, config: MeloConfig) -> MeloConfig:
         lora_layers = layers.default_lora_layers(model, backbone.task)
     key_layer = config.key_layer or layers.default_key_layer(model, lora_layers)
     layers.check_key_below(model, key_layer, lora_layers)
+    check_rank(model, lora_layers, config.rank_per_block)
     source, encoder = config.key_source, config.key_encoder
     if source == "auto":
         encoder = encoder or (DEFAULT_ENCODER if default_encoder_path() is not None else None)
@@ -48,6 +49,17 @@ def resolve_config(backbone: Backbone, config: MeloConfig) -> MeloConfig:
         margin=config.margin if config.margin is not None else router_defaults[1],
         radius_policy=config.radius_policy or router_defaults[2],
         contexts=config.contexts if config.block_per == "edit" else 0)
+
+
+def check_rank(model, lora_layers: list[str], rank: int) -> None:
+    """A block's rank is at most its narrowest layer's width (a rank of 100,000 used to start training)."""
+    from .lora import linear_dims
+
+    modules = dict(model.named_modules())
+    narrowest = min(min(linear_dims(modules[name])) for name in lora_layers)
+    if rank > narrowest:
+        raise InputError(f"`rank_per_block` {rank}: above {narrowest}, the width of the narrowest LoRA layer "
+                         f"(a block's rank is at most min(in, out))")
 
 
 def base_info(backbone: Backbone, dtype: str) -> dict:
@@ -88,8 +100,10 @@ def load_encoder(config: MeloConfig, device: torch.device, manifest: Manifest | 
     if config.key_source != "encoder":
         return None
     try:
-        encoder = SentenceEncoder(encoder_source(config.key_encoder), device, trust_remote_code)
-    except (OSError, ValueError) as exc:
+        source = encoder_source(config.key_encoder)
+        backbones.check_source(source)  # a missing local folder is not a hub id
+        encoder = SentenceEncoder(source, device, trust_remote_code)
+    except (OSError, ValueError, InputError) as exc:
         error = BundleError if manifest is not None else InputError
         raise error(f"the router keys come from the sentence encoder {config.key_encoder!r}, which cannot be "
                     f"loaded here: {str(exc).splitlines()[0]}") from None

@@ -134,7 +134,7 @@ def edit(
     from .config import MeloConfig
 
     config = MeloConfig(
-        task=task, lora_layers=[s.strip() for s in lora_layers.split(",") if s.strip()] if lora_layers else None,
+        task=task, lora_layers=_layer_names(lora_layers),
         key_layer=key_layer, rank_per_block=rank_per_block, key_pooling=key_pooling, key_source=key_source,
         key_encoder=key_encoder, metric=metric, margin=margin, radius_policy=radius_policy, block_per=block_per,
         contexts=contexts, init_radius=_radius(init_radius), lr=lr, max_steps=_steps(max_steps),
@@ -179,9 +179,19 @@ def _radius(value: str) -> float:
 def _steps(value: str) -> int | str:
     if value == "auto":
         return value
-    if not value.strip().isdigit():
-        raise InputError(f"--max-steps {value!r}: expected auto or a whole number >= 0")
+    if not value.strip().isdigit() or int(value) < 1:
+        raise InputError(f"--max-steps {value!r}: expected auto or a whole number >= 1")
     return int(value)
+
+
+def _layer_names(value: str | None) -> list[str] | None:
+    """--lora-layers: comma-separated names; given but empty is refused (it used to mean the default)."""
+    if value is None:
+        return None
+    names = [s.strip() for s in value.split(",") if s.strip()]
+    if not names:
+        raise InputError(f"--lora-layers {value!r}: expected comma-separated module names")
+    return names
 
 
 @app.command(cls=MeloCommand)

@@ -89,8 +89,8 @@ class MeloConfig:
 
         rules = {
             "task": (lambda v: isinstance(v, str) and bool(v), "expected a task name or auto"),
-            "lora_layers": (lambda v: v is None or isinstance(v, list) and all(
-                isinstance(n, str) and n for n in v), "expected a list of module names"),
+            "lora_layers": (lambda v: v is None or isinstance(v, list) and v and all(
+                isinstance(n, str) and n.strip() for n in v), "expected a list of module names (at least one)"),
             "key_layer": (lambda v: v is None or isinstance(v, str) and bool(v), "expected a module name"),
             "rank_per_block": (lambda v: whole(v) and v >= 1, "expected a whole number >= 1"),
             "alpha": (lambda v: v is None or number(v) and v > 0, "expected a finite number > 0"),
@@ -104,7 +104,7 @@ class MeloConfig:
             "block_per": one_of(("edit", "batch")),
             "contexts": (lambda v: whole(v) and 0 <= v <= len(CONTEXTS), f"choose 0..{len(CONTEXTS)}"),
             "lr": (lambda v: number(v) and v > 0, "expected a finite number > 0"),
-            "max_steps": (lambda v: v == "auto" or whole(v) and v >= 0, "expected auto or a whole number >= 0"),
+            "max_steps": (lambda v: v == "auto" or whole(v) and v >= 1, "expected auto or a whole number >= 1"),
             "loss_threshold": (lambda v: number(v) and v > 0, "expected a finite number > 0"),
             "seed": (lambda v: whole(v), "expected a whole number"),
         }

@@ -6,6 +6,7 @@ two lines: pipelines and tests read the first line of stderr.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -18,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from .errors import MeloError, cli_text
+from .errors import MeloError, WriteFailed, cli_text
 
 stderr = Console(stderr=True)
 stdout = Console()
@@ -49,20 +50,45 @@ def exits_cleanly(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except MeloError as exc:
-            raise fail(cli_text(str(exc)), exc.exit_code) from None
+            raise fail(cli_text(str(exc), _option_names()), exc.exit_code) from None
         except BrokenPipeError:
             # the reader went away (`melo generate ... | head -1`): stop quietly, as `cat` does
             _silence_stdout()
             raise typer.Exit(0) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRORS or os.environ.get("MELO_DEBUG"):
+                raise _unexpected(exc) from None
+            where = f"{exc.filename}: " if exc.filename else "the output: "
+            raise fail(f"cannot write {where}{exc.strerror or exc}", WriteFailed.exit_code) from None
         except Exception as exc:  # a bug or an environment failure: say what, exit 1
             if os.environ.get("MELO_DEBUG"):
                 raise
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise fail(f"{type(exc).__name__}: {first} (set MELO_DEBUG=1 for the traceback)", 1) from None
+            raise _unexpected(exc) from None
 
     return wrapper
+
+
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROFS}
+"""Errors of a write the disk refused (stdout on a full disk, an export): exit 74 like a bundle write."""
+
+
+def _unexpected(exc: BaseException) -> typer.Exit:
+    if os.environ.get("MELO_DEBUG"):
+        raise exc
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return fail(f"{type(exc).__name__}: {first} (set MELO_DEBUG=1 for the traceback)", 1)
+
+
+def _option_names() -> set[str] | None:
+    """The parameter names of the running command's options (what `--flag` a setting name means)."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return None
+    return {p.name for p in context.command.params if isinstance(p, click.Option) and p.name}
 
 
 def _silence_stdout() -> None:

@@ -8,11 +8,15 @@ run. Public data works as it is: the EasyEdit/CounterFact names (`prompt`, `targ
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .errors import InputError
+
+log = logging.getLogger("melo")
 
 MAX_LINE_BYTES = 1 << 20
 
@@ -26,6 +30,14 @@ HOLDOUT_ALIASES = {
     "input": ("input", "locality_prompt", "loc", "prompt"),
     "target": ("target", "locality_ground_truth", "loc_ans"),
 }
+
+
+DATASET_FIELDS = frozenset({"ground_truth", "locality_prompt", "locality_ground_truth",  # CounterFact (EasyEdit)
+                            "pred", "answers", "loc", "loc_ans", "cond"})  # zsRE (MEND)
+"""Fields public editing data carries that an edit does not use: read without a warning."""
+EDIT_FIELDS = frozenset({name for names in EDIT_ALIASES.values() for name in names} | {"id", "case_id", "batch",
+                                                                                        "subject"} | DATASET_FIELDS)
+HOLDOUT_FIELDS = frozenset(name for names in HOLDOUT_ALIASES.values() for name in names)
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,17 @@ class Edit:
             record["batch"] = self.batch
         record.update(extra)
         return record
+
+
+def auto_id(number: int, taken: set[str] = frozenset()) -> str:
+    """The id of edit `number` (0-based) that came without one: "edit-N" with N from 1, as `melo inspect
+    --edits` numbers edits (a suffix where a given id already took that name). Bundles store it, and a
+    bundle written before ids were stored gets the same name on load."""
+    name = f"edit-{number + 1}"
+    suffix = 2
+    while name in taken:
+        name, suffix = f"edit-{number + 1}-{suffix}", suffix + 1
+    return name
 
 
 def record_is_live(record: dict) -> bool:
@@ -140,9 +163,23 @@ def _subject(record: dict, where: dict) -> str | None:
     return value
 
 
+def check_unicode(record: dict, where: dict) -> None:
+    """Every string of a record is text: JSON's "\\ud800" escape makes a lone surrogate, which no tokenizer
+    (nor UTF-8) takes; named here rather than failing as a TypeError inside the tokenizer."""
+    for name, value in record.items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise InputError(f"holds a lone surrogate ({text[exc.start]!a} at character {exc.start + 1}), "
+                                     f"which is not text", field=name, **where) from None
+
+
 def parse_edit(record: object, where: dict) -> Edit:
     if not isinstance(record, dict):
         raise InputError(f"expected a JSON object, got {type(record).__name__}", **where)
+    check_unicode(record, where)
     return Edit(
         input=_text(record, "input", EDIT_ALIASES, where, required=True),
         target=_text(record, "target", EDIT_ALIASES, where, required=True),
@@ -158,6 +195,7 @@ def parse_edit(record: object, where: dict) -> Edit:
 def parse_holdout(record: object, where: dict) -> Holdout:
     if not isinstance(record, dict):
         raise InputError(f"expected a JSON object, got {type(record).__name__}", **where)
+    check_unicode(record, where)
     return Holdout(_text(record, "input", HOLDOUT_ALIASES, where, required=True),
                    _text(record, "target", HOLDOUT_ALIASES, where, required=False), dict(where))
 
@@ -167,9 +205,13 @@ def _records(path: Path) -> list[tuple[dict, object | InputError]]:
 
     A file is JSONL (one value per non-blank line), or, when its first non-blank character is `[`,
     one JSON array of records as EasyEdit ships its data; records are then located by position.
+    `-` reads stdin (named "stdin" in messages).
     """
     try:
-        raw = path.read_bytes()
+        if str(path) == "-":
+            raw, path = sys.stdin.buffer.read(), Path("stdin")
+        else:
+            raw = path.read_bytes()
     except FileNotFoundError:
         raise InputError("no such file", file=path) from None
     except IsADirectoryError:
@@ -194,7 +236,7 @@ def _records(path: Path) -> list[tuple[dict, object | InputError]]:
         if not text.strip():
             continue
         try:
-            out.append((where, json.loads(text)))
+            out.append((where, json.loads(text, object_pairs_hook=_noting_repeats(where))))
         except json.JSONDecodeError as exc:
             out.append((where, InputError(f"malformed JSON: {exc.msg} at column {exc.colno}", **where)))
         except RecursionError:
@@ -206,6 +248,25 @@ def _records(path: Path) -> list[tuple[dict, object | InputError]]:
     return out
 
 
+REPEATED = "\u0000repeated"
+"""Where a parsed record keeps the names its JSON object gave twice (JSON keeps the last value silently)."""
+
+
+def _noting_repeats(where: dict):
+    """A json object_pairs_hook that builds the dict and notes, under REPEATED, each key given twice."""
+    def hook(pairs: list[tuple[str, object]]) -> dict:
+        record, repeated = {}, []
+        for key, value in pairs:
+            if key in record and key not in repeated:
+                repeated.append(key)
+            record[key] = value
+        if repeated:
+            record[REPEATED] = repeated
+        return record
+
+    return hook
+
+
 def _array_records(path: Path, raw: bytes) -> list[tuple[dict, object]]:
     """The records of a file that is one JSON array; a syntax error names its line, as JSONL's do."""
     try:
@@ -214,7 +275,7 @@ def _array_records(path: Path, raw: bytes) -> list[tuple[dict, object]]:
         line = raw[:exc.start].count(b"\n") + 1
         raise InputError(f"not valid UTF-8 (byte {exc.start + 1})", file=path, line=line) from None
     try:
-        values = json.loads(text)
+        values = json.loads(text, object_pairs_hook=_noting_repeats({"file": path}))
     except json.JSONDecodeError as exc:
         raise InputError(f"malformed JSON: {exc.msg} at column {exc.colno}", file=path, line=exc.lineno) from None
     except RecursionError:
@@ -226,22 +287,41 @@ def _array_records(path: Path, raw: bytes) -> list[tuple[dict, object]]:
     return [({"file": path, "record": i}, value) for i, value in enumerate(values, start=1)]
 
 
-def _read(path: str | Path, parse: Callable, skip_invalid: bool, report: ReadReport | None) -> list:
+def _read(path: str | Path, parse: Callable, skip_invalid: bool, report: ReadReport | None,
+          known: frozenset[str] = frozenset()) -> list:
     path = Path(path)
     items = []
+    unknown: dict[str, list[dict]] = {}
     for where, value in _records(path):
         try:
             if isinstance(value, InputError):
                 raise value
+            if isinstance(value, dict):
+                for key in value.pop(REPEATED, []):
+                    log.warning("%s: field %r is given twice; the last value is used", _at(where), key)
+                for key in value:
+                    if key not in known:
+                        unknown.setdefault(key, []).append(where)
             items.append(parse(value, where))
         except InputError as exc:
             if not skip_invalid:
                 raise
             if report is not None:
                 report.skipped.append(exc)
+    for key, places in unknown.items():
+        more = f" (and {len(places) - 1} more)" if len(places) > 1 else ""
+        log.warning("%s: unknown field %r ignored%s; known: %s", _at(places[0]), key, more, ", ".join(sorted(
+            k for k in known if k not in DATASET_FIELDS)))
     if not items:
         raise InputError("has no valid line", file=path)
     return items
+
+
+def _at(where: dict) -> str:
+    """file:line (or file: record N) for a warning."""
+    if where.get("line") is not None:
+        return f"{where['file']}:{where['line']}"
+    return f"{where['file']}: record {where['record']}" if where.get("record") is not None else str(where["file"])
 
 
 def read_edits(path: str | Path, skip_invalid: bool = False, report: ReadReport | None = None,
@@ -259,14 +339,19 @@ def read_edits(path: str | Path, skip_invalid: bool = False, report: ReadReport 
                 raise InputError(exc.reason, field="target", **where) from None
         return edit
 
-    edits = _read(path, parse, skip_invalid, report)
+    edits = _read(path, parse, skip_invalid, report, EDIT_FIELDS)
+    label = Path("stdin") if str(path) == "-" else Path(path)
     seen: dict[str, Edit] = {}
     kept = []
     for edit in edits:
         if edit.id is not None and edit.id in seen:
             first = seen[edit.id]
             at = f"record {first.record}" if first.record is not None else f"line {first.line}"
-            error = InputError(f"duplicate id {edit.id!r} (first at {at})", field="id", **edit.where(Path(path)))
+            if same_edit(first, edit):  # the same record twice: one edit, as repeated (input, target) pairs are
+                log.warning("%s: the same edit as %s (id %r); merged into it", _at(edit.where(label)), at, edit.id)
+                continue
+            error = InputError(f"duplicate id {edit.id!r} for another edit (first at {at})", field="id",
+                               **edit.where(label))
             if not skip_invalid:
                 raise error
             if report is not None:
@@ -278,8 +363,14 @@ def read_edits(path: str | Path, skip_invalid: bool = False, report: ReadReport 
     return kept
 
 
+def same_edit(a: Edit, b: Edit) -> bool:
+    """Two records that make the same edit: input (whitespace aside), target, rephrases, subject, batch."""
+    return (normalise_input(a.input), a.target, a.rephrases, a.subject, a.batch) == \
+        (normalise_input(b.input), b.target, b.rephrases, b.subject, b.batch)
+
+
 def read_holdout(path: str | Path, skip_invalid: bool = False, report: ReadReport | None = None) -> list[Holdout]:
-    return _read(path, parse_holdout, skip_invalid, report)
+    return _read(path, parse_holdout, skip_invalid, report, EDIT_FIELDS | HOLDOUT_FIELDS)
 
 
 def batches(edits: list[Edit], batch_size: int) -> list[list[int]]:

@@ -10,9 +10,15 @@ import re
 from pathlib import Path
 
 
-def cli_text(message: str) -> str:
-    """A message as the CLI shows it: settings named in backticks (`max_steps`) become flags (--max-steps)."""
-    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), message)
+def cli_text(message: str, options: set[str] | None = None) -> str:
+    """A message as the CLI shows it: settings named in backticks (`max_steps`) become flags (--max-steps),
+    but only the command's own `options` (a message quoting a model's config, "`model_type`", is left as
+    written); None: every backticked setting."""
+    def flag(match: re.Match) -> str:
+        name = match.group(1)
+        return "--" + name.replace("_", "-") if options is None or name in options else match.group(0)
+
+    return re.sub(r"`([a-z][a-z0-9_]*)`", flag, message)
 
 
 class MeloError(Exception):

@@ -19,7 +19,7 @@ from safetensors.numpy import save as numpy_to_bytes
 
 from . import bundle as bundle_io
 from .config import lora_scale
-from .errors import InputError
+from .errors import InputError, WriteFailed
 from .router import NEGATIVE
 
 TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "classification": None}
@@ -78,14 +78,18 @@ def export_peft(bundle: Path, out: Path, conv1d: bool | None = None, overwrite: 
     used = sorted(loaded.router.live_blocks())
     out.parent.mkdir(parents=True, exist_ok=True)
     config = adapter_config(loaded, conv1d)
-    with bundle_io.replacing(out) as tmp:
-        for block in used:
-            folder = tmp / adapter_name(block)
-            folder.mkdir()
-            bundle_io.write_text(folder / "adapter_config.json", json.dumps(config, indent=2) + "\n")
-            bundle_io.write_bytes(folder / "adapter_model.safetensors",
-                                  numpy_to_bytes(peft_tensors(loaded.lora, loaded.config.lora_layers, block),
-                                                 metadata={"format": "pt"}))
-        bundle_io.write_text(tmp / "routing.json", json.dumps(table, indent=2, ensure_ascii=False) + "\n")
+    try:
+        with bundle_io.replacing(out) as tmp:
+            for block in used:
+                folder = tmp / adapter_name(block)
+                folder.mkdir()
+                bundle_io.write_text(folder / "adapter_config.json", json.dumps(config, indent=2) + "\n")
+                bundle_io.write_bytes(folder / "adapter_model.safetensors",
+                                      numpy_to_bytes(peft_tensors(loaded.lora, loaded.config.lora_layers, block),
+                                                     metadata={"format": "pt"}))
+            bundle_io.write_text(tmp / "routing.json", json.dumps(table, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise WriteFailed(f"{out}: the export could not be written ({exc.strerror or exc}); nothing was replaced") \
+            from None
     return {"export": str(out), "format": "peft", "adapters": len(used), "clusters": len(table["clusters"]),
             "rank": loaded.config.rank_per_block, "target_modules": len(loaded.config.lora_layers)}

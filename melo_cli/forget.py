@@ -22,18 +22,18 @@ import numpy as np
 from . import bundle as bundle_io
 from .edits import record_is_live
 from .errors import BundleError, InputError
-from .locks import bundle_locks
+from .locks import bundle_locks, check_wait
 
 log = logging.getLogger("melo")
 
 
-def select(records: list[dict], ids: list[str], batches: list[str]) -> list[int]:
-    """Edit numbers (0-based) named by id or by batch; every name must match a live edit."""
+def select(records: list[dict], edits: list, ids: list[str], batches: list[str]) -> list[int]:
+    """Edit numbers (0-based) named by id (as the bundle's edits carry them: given, or `auto_id`) or by
+    batch; every name must match an edit not yet forgotten."""
     by_id: dict[str, list[int]] = {}
     by_batch: dict[str, list[int]] = {}
-    for n, r in enumerate(records):
-        if r.get("id") is not None:
-            by_id.setdefault(str(r["id"]), []).append(n)
+    for n, (r, edit) in enumerate(zip(records, edits)):
+        by_id.setdefault(str(edit.id), []).append(n)
         if r.get("batch") is not None:
             by_batch.setdefault(str(r["batch"]), []).append(n)
     chosen: list[int] = []
@@ -43,19 +43,20 @@ def select(records: list[dict], ids: list[str], batches: list[str]) -> list[int]
         chosen += table[name]
     gone = [n for n in chosen if "forgotten" in records[n]]
     if gone:
-        raise InputError(f"edit {records[gone[0]].get('id', gone[0] + 1)!r} was already forgotten", field="id")
+        raise InputError(f"edit {edits[gone[0]].id!r} was already forgotten", field="id")
     return sorted(set(chosen))
 
 
 def forget(bundle: Path, out: Path, ids: list[str], batches: list[str], *, overwrite: bool = False,
            wait: float = 0.0) -> dict:
     """Write `out`: the bundle without the named edits (see the module docstring). Returns a summary."""
+    check_wait(wait)
     if not ids and not batches:
         raise InputError("name the edits to forget: --id ID (repeatable) or --batch N")
     out = bundle_io.output_for(out, overwrite, source=bundle)
     with bundle_locks([out], wait):
         loaded = bundle_io.load(bundle)
-        numbers = select(loaded.records, ids, batches)
+        numbers = select(loaded.records, loaded.edits, ids, batches)
         router, edits = loaded.router, loaded.edits
         blocks_before = router.live_blocks()
         keys = {n: router.member_keys[router.member_edit == n] for n in numbers}
@@ -69,7 +70,7 @@ def forget(bundle: Path, out: Path, ids: list[str], batches: list[str], *, overw
                     negatives += 1
         still = [n for n in numbers for key in keys[n] if router.route(key[None], [edits[n].input])[0].routed]
         if still:  # the shrink rule guarantees this; a bundle whose router breaks it is not written
-            raise BundleError(f"{bundle}: edit {edits[still[0]].id or still[0] + 1} would still reach a block "
+            raise BundleError(f"{bundle}: edit {edits[still[0]].id} would still reach a block "
                               f"after forgetting; nothing written")
         zeroed = sorted(blocks_before - router.live_blocks())
         lora = {name: np.array(array, copy=True) for name, array in loaded.lora.items()}
@@ -84,8 +85,8 @@ def forget(bundle: Path, out: Path, ids: list[str], batches: list[str], *, overw
                   if not (found.routed and found.cluster == router.cluster_of(n))]
         if broken:
             log.warning("%d other edit(s) no longer route to their own cluster after the shrink: %s", len(broken),
-                        ", ".join(str(edits[n].id or n + 1) for n in broken[:5]))
-        event = {"event": "forget", "at": now, "edits": [edits[n].id or n + 1 for n in numbers],
+                        ", ".join(str(edits[n].id) for n in broken[:5]))
+        event = {"event": "forget", "at": now, "edits": [edits[n].id for n in numbers],
                  "blocks_zeroed": zeroed, "negatives": negatives}
         history = loaded.history + [event]
         counts = dict(loaded.manifest.counts)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +110,9 @@ def converted(gguf: GgufFile, trust_remote_code: bool = False) -> Path:
         config = AutoConfig.from_pretrained(source, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(source, gguf_file=name, dtype="float32")
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=name)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise InputError(f"{gguf.path}: cannot read this GGUF file: {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, KeyError, RuntimeError, IndexError, EOFError, struct.error) as exc:  # a damaged file
+        raise InputError(f"{gguf.path}: cannot read this GGUF file (truncated or damaged?): "
+                         f"{str(exc).splitlines()[0]}") from None
     finally:
         if quiet:
             del os.environ["TQDM_DISABLE"]

@@ -4,19 +4,21 @@ The lock is an flock on a small file beside the bundle (`.NAME.lock`), which exi
 holds it: the holder removes it before releasing. A waiter that wins the lock on a file already
 removed (its inode no longer at the path) starts over with a fresh file, so removal never lets two
 runs in at once. The kernel releases the flock when a process dies, so a killed run never leaves a
-bundle locked (only, at worst, an empty lock file that the next run reuses and removes).
+bundle locked; the empty lock file it leaves is removed by the next command that reads or writes the
+bundle (`remove_stale`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import BundleBusy
+from .errors import BundleBusy, InputError
 
 
 def lock_path(bundle: Path) -> Path:
@@ -66,9 +68,38 @@ def bundle_lock(bundle: Path, wait: float = 0.0) -> Iterator[None]:
         os.close(fd)
 
 
+def remove_stale(bundle: Path) -> bool:
+    """Remove the bundle's lock file if no process holds it (a writer killed with SIGKILL cannot remove
+    its own); True if one was removed. Taking the flock first makes this what a releasing holder does,
+    so a writer waiting on that file moves to a fresh one; a file held now, or one this process may not
+    remove (a read-only directory), is left alone."""
+    path = lock_path(bundle)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            return False
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def check_wait(wait: float) -> None:
+    """`wait` is a number of seconds: finite and >= 0 (nan and -1 were taken as 0)."""
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not math.isfinite(wait) or wait < 0:
+        raise InputError(f"`wait` {wait!r}: expected a number of seconds >= 0")
+
+
 @contextmanager
 def bundle_locks(paths: list[Path], wait: float = 0.0) -> Iterator[None]:
     """Lock several bundles, in a fixed order so two runs cannot deadlock."""
+    check_wait(wait)
     unique = sorted({os.path.abspath(p) for p in paths})
     with ExitStack() as stack:
         for path in unique:

@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .edits import check_unicode
 from .errors import InputError
 
 TEXT_FIELDS = ("prompt", "input", "src", "text")
@@ -59,6 +60,7 @@ def from_jsonl(path: Path) -> list[Prompt]:
             raise InputError(f"malformed JSON: {exc.msg}", **where) from None
         if not isinstance(record, dict):
             raise InputError(f"expected a JSON object with a 'prompt', got {type(record).__name__}", **where)
+        check_unicode(record, where)
         found = next((f for f in TEXT_FIELDS if f in record), None)
         if found is None or not isinstance(record[found], str) or not record[found].strip():
             raise InputError("expected a non-empty string", field=found or "prompt", **where)

@@ -18,7 +18,7 @@ from .config import MeloConfig
 from .edited_model import EditedModel
 from .edits import ReadReport, batches, read_edits, read_holdout
 from .errors import InputError
-from .locks import bundle_locks
+from .locks import bundle_locks, check_wait
 
 log = logging.getLogger("melo")
 
@@ -91,6 +91,7 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
     """The edit journey of `melo edit`: validate the files and options, lock, load, train, write atomically."""
     started = time.perf_counter()
     check_options(opts)
+    check_wait(wait)
     out = bundle_io.output_for(out, opts.overwrite, source=continue_from)
     new_edits = read_edits(edits_path, skip_invalid=opts.skip_invalid, report=report)
     batches(new_edits, opts.batch_size)  # checks --batch-size before anything loads
@@ -144,7 +145,7 @@ def bare_model(source: str, *, task: str = "auto", device: str = "auto", dtype: 
     backbone = backbones.load(source, task, device, dtype, trust_remote_code)
     model = backbone.model
     lora_layers = layers.default_lora_layers(model, backbone.task)
-    config = MeloConfig(task=backbone.task, lora_layers=[], key_layer=layers.default_key_layer(model, lora_layers))
+    config = MeloConfig(task=backbone.task, key_layer=layers.default_key_layer(model, lora_layers))  # no LoRA layers
     return EditedModel(backbone, config)
 
 

@@ -71,8 +71,8 @@ def test_errors_name_the_argument(llama_path, edited):
 
 
 def test_an_unlearned_edit_changes_nothing(llama_path):
-    model = MeloModel.from_pretrained(llama_path, device="cpu", key_source="base", max_steps=0)
-    with pytest.raises(Unlearned, match="`max_steps` 0"):
+    model = MeloModel.from_pretrained(llama_path, device="cpu", key_source="base", max_steps=1)
+    with pytest.raises(Unlearned, match="`max_steps` 1"):
         model.edit(FACTS)
     assert model.edits == [] and model.edited.router is None and model.edited.n_blocks == 0
     assert model.generate([FACTS[0]["input"]], 3) == MeloModel.from_pretrained(llama_path, device="cpu",
@@ -94,9 +94,12 @@ def test_the_readme_python_example_runs(llama_path, tmp_path, monkeypatch):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     code = re.search(r"## Python API.*?```python\n(.*?)```", readme, re.S).group(1)
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "bundle").mkdir()  # the quick start ran first, in the same folder: its bundle is there
+    (tmp_path / "bundle" / "manifest.yaml").write_text("the quick start's bundle\n")
     namespace: dict = {}
     exec(code.replace("sample_models/stories260K", str(llama_path)), namespace)  # exactly the README's code
     model = namespace["model"]
-    assert (tmp_path / "bundle" / "manifest.yaml").exists() and len(model.edits) == 4
+    written = re.search(r'save_pretrained\("([^"]+)"', code).group(1)
+    assert (tmp_path / written / "manifest.yaml").exists() and len(model.edits) == 4
     routes = model.route(["Ferrari F40, developed by", "Once upon a time"])
     assert routes[0].routed and routes[1].routed  # the last edit made "Once upon a time" an edit too

@@ -46,7 +46,7 @@ def test_edit_prints_a_json_summary_and_writes_the_bundle(llama_bundle):
     records = json_lines((out / "edits.jsonl").read_text())
     blocks = [r["block"] for r in records]
     assert blocks == sorted(blocks) and set(blocks) == set(range(summary["blocks"]))
-    assert [r["batch"] for r in records] == [str(b) for b in range(4) for _ in range(5)]
+    assert [r["batch"] for r in records] == [str(b) for b in range(1, 5) for _ in range(5)]  # batches count from 1
 
 
 def test_block_per_batch_is_the_melo_paper_layout(llama_path, tmp_path):
