@@ -134,6 +134,7 @@ class MeloModel:
         new = self._with_ids(training.sort_new_edits(as_edits(edits, "edits"), self.live_edits, source))
         groups = batches(new, batch_size)
         training.check_targets(self.model.config, new, source, self.config.task)  # classifiers: labels exist
+        check_subjects(new, source)
         negatives, kept = list(negatives), as_holdout(holdout)
         lengths.check_edits(self.edited.backbone, new, source)  # before any step: one line, not an IndexError
         producible.check_edits(self.edited.backbone, new, source)
@@ -219,8 +220,10 @@ class MeloModel:
                     for report, group in zip(result.reports, groups) for p in group}
         for position, edit in enumerate(new):  # in edit-number order: record n is edit n
             batch, block = batch_of[position]
+            entity = result.entities.get(offset + position)
+            routes_on = {"entity": entity[0], "entity_short": list(entity[1])} if entity is not None else {}
             self.records.append(edit.to_json(batch=edit.batch if edit.batch is not None
-                                             else str(self.batches_done + batch + 1), block=block))
+                                             else str(self.batches_done + batch + 1), block=block, **routes_on))
         now = _now()
         for old, by in result.superseded.items():
             self.records[old]["superseded"] = {"by": by, "by_id": all_edits[by].id, "at": now}
@@ -305,6 +308,17 @@ def as_holdout(items: Iterable[Holdout | dict | str]) -> list[Holdout]:
     """Holdout inputs from Holdout objects, strings, or dicts (read like the lines of a holdout file)."""
     return [h if isinstance(h, Holdout) else Holdout(h) if isinstance(h, str) else
             parse_holdout(h, {"file": "holdout", "record": i}) for i, h in enumerate(items, 1)]
+
+
+def check_subjects(edits: list[Edit], source) -> None:
+    """A given subject must be named by its edit's own input (entities.subject_problem): else the edit
+    could never apply, and it was accepted with only a warning about routing."""
+    from .entities import subject_problem
+
+    for edit in edits:
+        problem = edit.subject and subject_problem(edit.input, edit.subject)
+        if problem:
+            raise InputError(f"{edit.subject!r} {problem}", field="subject", **edit.where(source))
 
 
 def _check_prompts(prompts) -> None:

@@ -132,11 +132,13 @@ def write_files(directory: Path, *, config: MeloConfig, lora: dict, router: Rout
 
     manifest = Manifest(base_model=base, config=config, key_dim=int(router.dim), counts=counts,
                         key_encoder=key_encoder)
-    put(LORA, numpy_to_bytes({name: np.ascontiguousarray(np.asarray(t, np.float32)) for name, t in lora.items()},
-                             metadata={"melo": validate.lora_settings(config)}))
+    stored = np.dtype(config.block_dtype)  # float16 blocks are trained on its grid: the cast is exact
+    put(LORA, numpy_to_bytes({name: np.ascontiguousarray(np.asarray(t, np.float32).astype(stored))
+                              for name, t in lora.items()}, metadata={"melo": validate.lora_settings(config)}))
     arrays = {**router.arrays(), "member_digest": validate.member_digests(router.member_edit, records)}
     put(CLUSTERS, numpy_to_bytes(arrays, metadata={"labels": json.dumps(router.labels),
                                                    "subjects": json.dumps(router.member_subjects),
+                                                   "short_forms": json.dumps([list(s) for s in router.member_short]),
                                                    "manifest": manifest.binding()}))
     router.save_index(directory / INDEX)  # hnswlib: no error on a full disk; write() reads it back, checked
     _fsync(directory / INDEX)
@@ -385,6 +387,7 @@ def _load_pinned(pinned: Snapshot) -> Bundle:
         metadata = _safetensors_metadata(files[CLUSTERS])
         labels = json.loads(metadata.get("labels", "[]"))
         subjects = json.loads(metadata["subjects"]) if "subjects" in metadata else None
+        short = json.loads(metadata["short_forms"]) if "short_forms" in metadata else None
         lora = numpy_from_bytes(files[LORA])
         lora_metadata = _safetensors_metadata(files[LORA])
     except Exception as exc:  # safetensors raises several types for damaged files
@@ -412,10 +415,13 @@ def _load_pinned(pinned: Snapshot) -> Bundle:
     if subjects is not None and (not isinstance(subjects, list) or len(subjects) != len(arrays["member_edit"])
                                  or not all(s is None or isinstance(s, str) for s in subjects)):
         raise BundleError(f"{path / CLUSTERS}: 'subjects' does not match the members")
+    if short is not None and (not isinstance(short, list) or len(short) != len(arrays["member_edit"])
+                              or not all(isinstance(s, list) and all(isinstance(w, str) for w in s) for s in short)):
+        raise BundleError(f"{path / CLUSTERS}: 'short_forms' does not match the members")
     try:
         with private_copy(index_bytes) as index_path:
             router = Router.restore(arrays, labels, index_path, config.metric, config.init_radius, config.margin,
-                                    config.radius_policy, subjects)
+                                    config.radius_policy, subjects, config.entity_match, short)
     except RuntimeError as exc:  # hnswlib's own complaint about a damaged index file
         raise BundleError(f"{path / INDEX}: unreadable index: {str(exc).splitlines()[0]}") from None
     validate.index_labels(router.index, n_clusters, path / INDEX)

@@ -27,6 +27,13 @@ def lora_scale(rank: int, alpha: float | None) -> float:
     return (alpha if alpha is not None else 2.0 * rank) / rank
 
 
+ENTITIES = ("auto", "subject", "off", "subject-whole")
+"""What each edit routes on besides its key (melo_cli/entities.py): auto, its subject if given, else the
+name found in its input; subject, a given subject only; off, nothing; subject-whole, a given subject
+matched as a whole name (the rule of bundles before format 2, kept for them)."""
+
+BLOCK_DTYPES = ("float16", "float32")
+
 POOLINGS = ("mean", "last")
 METRICS = ("euclidean", "cosine")
 POLICIES = ("split", "voronoi")
@@ -44,6 +51,9 @@ class MeloConfig:
     rank_per_block: int = 4
     alpha: float | None = None
     """None: 2 x rank_per_block."""
+    block_dtype: str = "float16"
+    """How blocks are stored: float16 (trained on the float16 grid, so the loaded block is bit-identical to
+    the trained one, at half the bytes) or float32 (bundles made before format 2)."""
     key_pooling: str = "mean"
     key_source: str = "auto"
     """base: the base model's hidden state at key_layer; encoder: a sentence encoder (key_encoder);
@@ -64,6 +74,8 @@ class MeloConfig:
     edits (the MELO paper's layout)."""
     contexts: int = 5
     """With block_per=edit: each block also learns its target after this many CONTEXTS."""
+    entities: str = "auto"
+    """What each edit routes on besides its key: see ENTITIES."""
     lr: float = 1e-2
     max_steps: int | str = "auto"
     """Most optimizer steps per batch, or "auto": 100, extended 100 at a time (up to 1,000) while
@@ -94,6 +106,7 @@ class MeloConfig:
             "key_layer": (lambda v: v is None or isinstance(v, str) and bool(v), "expected a module name"),
             "rank_per_block": (lambda v: whole(v) and v >= 1, "expected a whole number >= 1"),
             "alpha": (lambda v: v is None or number(v) and v > 0, "expected a finite number > 0"),
+            "block_dtype": one_of(BLOCK_DTYPES),
             "key_pooling": one_of(POOLINGS),
             "key_source": one_of(("auto", "base", "encoder")),
             "key_encoder": (lambda v: v is None or isinstance(v, str) and bool(v), "expected a path or hub id"),
@@ -103,6 +116,7 @@ class MeloConfig:
             "margin": (lambda v: v is None or number(v) and v >= 0, "expected a finite number >= 0"),
             "block_per": one_of(("edit", "batch")),
             "contexts": (lambda v: whole(v) and 0 <= v <= len(CONTEXTS), f"choose 0..{len(CONTEXTS)}"),
+            "entities": one_of(ENTITIES),
             "lr": (lambda v: number(v) and v > 0, "expected a finite number > 0"),
             "max_steps": (lambda v: v == "auto" or whole(v) and v >= 1, "expected auto or a whole number >= 1"),
             "loss_threshold": (lambda v: number(v) and v > 0, "expected a finite number > 0"),
@@ -114,6 +128,11 @@ class MeloConfig:
                 self.key_source == "encoder" and self.key_encoder is None:
             out.append("`key_source` encoder goes with `key_encoder` PATH_OR_ID (and only with it)")
         return out
+
+    @property
+    def entity_match(self) -> str:
+        """How the router matches entity names (Router's entity_match): whole names for subject-whole."""
+        return "whole" if self.entities == "subject-whole" else "forms"
 
     @property
     def unresolved(self) -> list[str]:

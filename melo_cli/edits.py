@@ -35,9 +35,11 @@ HOLDOUT_ALIASES = {
 DATASET_FIELDS = frozenset({"ground_truth", "locality_prompt", "locality_ground_truth",  # CounterFact (EasyEdit)
                             "pred", "answers", "loc", "loc_ans", "cond"})  # zsRE (MEND)
 """Fields public editing data carries that an edit does not use: read without a warning."""
+BUNDLE_FIELDS = frozenset({"block", "entity", "entity_short", "superseded", "forgotten"})
+"""Fields of a bundle's own edits.jsonl (melo's record of each edit), read back as an edits file."""
 EDIT_FIELDS = frozenset({name for names in EDIT_ALIASES.values() for name in names} | {"id", "case_id", "batch",
-                                                                                        "subject"} | DATASET_FIELDS)
-HOLDOUT_FIELDS = frozenset(name for names in HOLDOUT_ALIASES.values() for name in names)
+                                                                                        "subject"} | DATASET_FIELDS | BUNDLE_FIELDS)
+HOLDOUT_FIELDS = frozenset({name for names in HOLDOUT_ALIASES.values() for name in names} | {"id"})
 
 
 @dataclass(frozen=True)

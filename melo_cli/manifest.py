@@ -109,6 +109,10 @@ class Manifest:
         if key_encoder is not None and not isinstance(key_encoder, dict):
             raise BundleError(f"{where}: 'key_encoder' must be a mapping")
         config = need("config", dict, "a mapping")
+        if "entities" not in config:  # made before entities: its given subjects gate as whole names
+            config = {**config, "entities": "subject-whole"}
+        if "block_dtype" not in config:  # made before blocks were stored in float16
+            config = {**config, "block_dtype": "float32"}
         try:
             parsed = MeloConfig.from_dict(config)
         except InputError as exc:  # the config checks itself

@@ -15,10 +15,10 @@ correction, not a neighbour: the member is retired (its edit superseded) rather 
 since a split there would shrink both radii to float noise and let padding decide the route. A
 cluster left with no member is retired: removed from the search, its block kept untouched.
 
-Subject gate: an edit may name its subject (the entity it is about, as CounterFact, zsRE and
-EasyEdit data do). A cluster whose members name subjects is a candidate for an input only if the
-input names one of those subjects as a whole (melo_cli/subjects.py); the nearest candidate then
-decides as above.
+Entity check: each edit routes on an entity (its subject, or the name found in its input:
+melo_cli/entities.py). A cluster whose members have entities is a candidate for an input only if the
+input names one of them as people write names (melo_cli/entities.py; bundles of format 1 match their
+subjects as whole names, melo_cli/subjects.py); the nearest candidate then decides as above.
 
 The rules themselves are radius policies (radius_policies.py: split, voronoi). The centres live in an
 hnswlib index; everything else is in plain arrays saved with safetensors.
@@ -33,7 +33,7 @@ import hnswlib
 import numpy as np
 
 from .radius_policies import NEGATIVE, NO_BLOCK, POLICIES, SHRINK, AddResult, auto_radius, distance  # noqa: F401
-from .subjects import passes
+from . import entities, subjects
 
 
 from .config import METRICS  # noqa: E402  (names the config checks; the distances are here)
@@ -64,12 +64,15 @@ class Router:
     """hnswlib's links per element; bundles are written (and their indexes checked) with this."""
 
     def __init__(self, dim: int, metric: str = "euclidean", init_radius: float = 1.0,
-                 ef: int = 64, M: int = M, margin: float = 0.0, policy: str = "split"):
+                 ef: int = 64, M: int = M, margin: float = 0.0, policy: str = "split", entity_match: str = "forms"):
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
         if policy not in POLICIES:
             raise ValueError(f"unknown radius policy {policy!r}; choose one of {', '.join(POLICIES)}")
         self.policy = POLICIES[policy]
+        self.passes = {"forms": entities.passes, "whole": subjects.passes}[entity_match]
+        """Whether a text names one of a cluster's entities: as people write names (forms) or, for
+        bundles of format 1, the whole subject as written (whole)."""
         self.dim, self.metric, self.init_radius = dim, metric, float(init_radius)
         self.ef, self.M, self.margin = ef, M, float(margin)
         self.centres = np.zeros((0, dim), np.float32)
@@ -80,6 +83,8 @@ class Router:
         self.member_cluster = np.zeros(0, np.int64)
         self.member_edit = np.zeros(0, np.int64)
         self.member_subjects: list[str | None] = []
+        """The entity each member routes on (None: none); with `member_short`, its short forms."""
+        self.member_short: list[tuple[str, ...]] = []
         self.retired = np.zeros(0, np.bool_)
         self.index = self._new_index(16)
 
@@ -129,14 +134,19 @@ class Router:
         self._index_put(cluster)
         return cluster
 
-    def _add_member(self, key: np.ndarray, cluster: int, edit: int, subject: str | None = None) -> None:
-        self.member_subjects.append(subject)
+    def _add_member(self, key: np.ndarray, cluster: int, edit: int,
+                    subject: str | tuple[str, tuple[str, ...]] | None = None) -> None:
+        name, short = (subject, ()) if subject is None or isinstance(subject, str) else subject
+        self.member_subjects.append(name)
+        self.member_short.append(tuple(short))
         self.member_keys = np.vstack([self.member_keys, key[None]])
         self.member_cluster = np.append(self.member_cluster, np.int64(cluster))
         self.member_edit = np.append(self.member_edit, np.int64(edit))
 
-    def add(self, key: np.ndarray, label: str, block: int, edit: int, subject: str | None = None) -> AddResult:
-        """Add the key of edit `edit` (label = its target, `subject` its entity if known) trained into `block`."""
+    def add(self, key: np.ndarray, label: str, block: int, edit: int,
+            subject: str | tuple[str, tuple[str, ...]] | None = None) -> AddResult:
+        """Add the key of edit `edit` (label = its target, `subject` the entity it routes on, if any)
+        trained into `block`."""
         key = np.asarray(key, np.float32).reshape(self.dim)
         superseded = self._retire_same_key(key, label)
         result = self.policy.add(self, key, label, block, edit, subject)
@@ -194,11 +204,11 @@ class Router:
         gated = texts is not None and any(s is not None for s in self.member_subjects)
         k = 16 if gated else 8 if self.margin > 0 else 1
         clusters, dists = self.nearest(keys, k)
-        subjects = self._cluster_subjects() if gated else {}
+        names = self._cluster_subjects() if gated else {}
         routes = []
         for row in range(len(clusters)):
             found = [(int(c), float(d)) for c, d in zip(clusters[row], dists[row])
-                     if not gated or passes(subjects.get(int(c)), texts[row])]
+                     if not gated or self.passes(names.get(int(c)), texts[row])]
             if not found:
                 routes.append(Route(None, None, NO_BLOCK))
                 continue
@@ -210,12 +220,23 @@ class Router:
             routes.append(Route(c, d, int(self.blocks[c]) if inside else NO_BLOCK))
         return routes
 
-    def _cluster_subjects(self) -> dict[int, list[str]]:
-        """Per cluster, its live members' subjects (clusters without any: absent)."""
-        out: dict[int, list[frozenset[str]]] = {}
-        for cluster, subject in zip(self.member_cluster, self.member_subjects):
+    def _cluster_subjects(self) -> dict[int, list]:
+        """Per cluster, its live members' entities as the matcher takes them: (name, short forms) pairs,
+        or names for the whole-name rule (clusters without any: absent)."""
+        whole = self.passes is subjects.passes
+        out: dict[int, list] = {}
+        for cluster, subject, short in zip(self.member_cluster, self.member_subjects, self.member_short):
             if cluster >= 0 and subject:
-                out.setdefault(int(cluster), []).append(subject)
+                out.setdefault(int(cluster), []).append(subject if whole else (subject, short))
+        return out
+
+    def entities_of(self, cluster: int) -> list[dict]:
+        """The entities a cluster's live members route on: [{"name", "short"}] (empty: none)."""
+        out = []
+        for member in np.flatnonzero(self.member_cluster == cluster):
+            name = self.member_subjects[member]
+            if name and all(e["name"] != name for e in out):
+                out.append({"name": name, "short": list(self.member_short[member])})
         return out
 
     def members_of(self, cluster: int) -> np.ndarray:
@@ -256,10 +277,12 @@ class Router:
     @classmethod
     def restore(cls, arrays: dict[str, np.ndarray], labels: list[str], index_path: Path,
                 metric: str, init_radius: float, margin: float = 0.0, policy: str = "split",
-                subjects: list[str | None] | None = None) -> "Router":
+                subjects: list[str | None] | None = None, entity_match: str = "forms",
+                short: list[list[str]] | None = None) -> "Router":
         """Rebuild a router from its saved arrays and the hnswlib index file."""
         centres = arrays["centres"].astype(np.float32)
-        router = cls(centres.shape[1], metric, init_radius, margin=margin, policy=policy)  # a bad name: ValueError
+        router = cls(centres.shape[1], metric, init_radius, margin=margin, policy=policy,  # a bad name: ValueError
+                     entity_match=entity_match)
         router.centres, router.radii = centres, arrays["radii"].astype(np.float32)
         router.blocks = arrays["blocks"].astype(np.int64)
         router.member_keys = arrays["member_keys"].astype(np.float32)
@@ -269,6 +292,7 @@ class Router:
                           else np.zeros(len(router.radii), np.bool_))
         router.labels = list(labels)
         router.member_subjects = list(subjects) if subjects is not None else [None] * len(router.member_edit)
+        router.member_short = [tuple(s) for s in short] if short is not None else [()] * len(router.member_edit)
         index = hnswlib.Index(space="l2" if metric == "euclidean" else "cosine", dim=router.dim)
         index.load_index(str(index_path), max_elements=max(16, len(router.labels)))
         index.set_ef(router.ef)

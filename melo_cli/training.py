@@ -19,14 +19,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import length_groups, prefix, tasks
+from . import casing, entities, length_groups, prefix, tasks
 from .config import CONTEXTS
 from .edited_model import EditedModel
 from .edits import Edit, normalise_input
 from .errors import InputError, Unlearned
 from .router import POLICIES, Router, auto_radius
 from .route_scope import NO_BLOCK
-from .subjects import gate_name
 from .triage import triage
 
 log = logging.getLogger("melo")
@@ -58,11 +57,12 @@ def ensure_router(edited: EditedModel, keys: np.ndarray) -> Router:
         config = edited.config
         if config.init_radius <= 0:  # auto: a fraction of the median gap between edits, per policy
             radius = auto_radius(keys, config.metric, POLICIES[config.radius_policy].auto_fraction)
-            if config.key_source == "encoder" and config.metric == "cosine":
-                radius = min(radius, ENCODER_MAX_RADIUS)
+            if config.key_source == "encoder" and config.metric == "cosine":  # one edit has no gap: the cap
+                radius = min(radius, ENCODER_MAX_RADIUS) if len(np.unique(keys, axis=0)) > 1 else ENCODER_MAX_RADIUS
             config = edited.config = replace(config, init_radius=radius)  # a new config, never a mutated one
         edited.router = Router(keys.shape[1], config.metric, config.init_radius, margin=config.margin,
-                               policy=config.radius_policy)
+                               policy=config.radius_policy,
+                               entity_match=config.entity_match)
     return edited.router
 
 
@@ -136,6 +136,8 @@ def train_blocks(edited: EditedModel, first: int, count: int, inputs: list[str],
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            for layer in edited.layers.values():
+                layer.snap()
             steps += 1
     finally:
         for layer in edited.layers.values():
@@ -256,6 +258,8 @@ class RunResult:
     (a later edit of another target split it off)."""
     superseded: dict[int, int] = field(default_factory=dict)
     """Earlier edit number -> the number of the edit of this run that corrected it."""
+    entities: dict[int, str | None] = field(default_factory=dict)
+    """Edit number -> the entity it routes on (melo_cli/entities.py), None for none."""
 
     @property
     def unlearned(self) -> list[int]:
@@ -324,6 +328,7 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
     if negatives:
         for key in edited.keys(list(negatives)):
             router.add_negative(key)
+    names = edit_entities(edited, new)
     live_by_input = {normalise_input(e.input): n for n, e in enumerate(history) if e.live}
     superseded: dict[int, int] = {}
     generator = torch.Generator().manual_seed(edited.config.seed + offset)
@@ -339,9 +344,8 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
             old = live_by_input.get(normalise_input(new[position].input))
             if old is not None and all_edits[old].target != new[position].target and router.retire_edit(old):
                 superseded[old] = number
-            subject = new[position].subject
             result = router.add(keys[position], new[position].target, first + j if per_edit else first, number,
-                                subject and gate_name(new[position].input, subject))
+                                names[position])
             superseded.update({gone: number for gone in result.superseded})
             rules[result.rule] += 1
             touched.append(result.cluster)
@@ -362,7 +366,31 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
     routes = router.route(keys, [e.input for e in new]) if len(new) else []
     lost = [offset + i for i, (e, r) in enumerate(zip(new, routes))
             if offset + i not in superseded and (not r.routed or router.labels[r.cluster] != e.target)]
-    return RunResult(reports, lost, superseded)
+    return RunResult(reports, lost, superseded, {offset + p: name for p, name in enumerate(names)})
+
+
+
+def edit_entities(edited: EditedModel, new: list[Edit]) -> list[tuple[str, tuple[str, ...]] | None]:
+    """The entity each new edit routes on with its short forms (entities.chosen), the base model telling
+    names from common words (casing.py); a subject its input continues is said once."""
+    mode = edited.config.entities
+    searched = [e.input for e in new if mode == "auto" or e.subject]
+    words = casing.proper_test(edited, searched) if searched and mode != "subject-whole" else None
+    if words is not None:  # the last words a short form would stand on, in one batch
+        found = [e.subject or entities.find(e.input, words.common) for e in new]
+        words.prime(w for name in found if name for w in entities.WORD.findall(name)[-1:])
+    names = []
+    for edit in new:
+        name, short, note = entities.chosen(edit.input, edit.subject, mode, words)
+        if note:
+            log.warning("%s: %s", edit.id, note)
+        names.append(None if name is None else (name, short))
+    nameless = [e.id for e, name in zip(new, names) if name is None]
+    if nameless and mode in ("auto", "subject"):
+        log.warning("%d edit(s) name no entity (%s%s): they route on their sentence key alone, so the same "
+                    "question about something else may get them; give a `subject`", len(nameless),
+                    ", ".join(map(str, nameless[:3])), " ..." if len(nameless) > 3 else "")
+    return names
 
 
 # -- before and after the loop: which edits to train, and whether they were learned ------------

@@ -109,7 +109,8 @@ def bert_path(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("bert-tiny")
     words = set()
-    for file in SAMPLES.glob("*.jsonl"):
+    for file in sorted(f for pattern in ("classification-*.jsonl", "counterfact-*.jsonl", "zsre-*.jsonl")
+                       for f in SAMPLES.glob(pattern)):  # a fixed set: a new sample file must not change this model
         for line in file.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
             for text in [record["input"], *record.get("rephrases", [])]:

@@ -144,7 +144,7 @@ def _paper_layout(path):
     backbone = backbones.load(str(path), "auto", "cpu")
     lora = layers.default_lora_layers(backbone.model, backbone.task)
     config = MeloConfig(task=backbone.task, lora_layers=lora, key_layer=layers.default_key_layer(backbone.model, lora),
-                        key_source="base", metric="euclidean", radius_policy="split", margin=0.0, block_per="batch")
+                        key_source="base", metric="euclidean", radius_policy="split", margin=0.0, block_per="batch", entities="off")  # the paper has no entity check
     return EditedModel(backbone, config)
 
 
@@ -169,7 +169,8 @@ def test_base_model_keys_come_from_the_frozen_pass_training_replays(model, one_p
     groups = [list(range(0, 6)), list(range(6, 12))]
     result = training.run(edited, [], edits, groups)
     assert not result.unlearned or model != "llama"  # the random tiny GPT-2 and BERT need not learn
-    assert len(frozen_passes) == 2 if one_pass else len(frozen_passes) >= 4  # one per batch; else 2 or more per batch
+    moved = sum(1 for r in result.reports if r.replayed)  # a batch that also retrains an earlier edit captures it
+    assert len(frozen_passes) == 2 + moved if one_pass else len(frozen_passes) >= 4  # one per batch; else 2+ per batch
     members = edited.router.member_keys[:len(edits)]
     assert np.allclose(members, edited.keys([e.input for e in edits]), rtol=1e-4, atol=1e-5)
 
