@@ -49,8 +49,12 @@ MAX_STEPS, LOSS_THRESHOLD = 100, 0.05
 MODEL = str(common.LLAMA)
 """The base model of this run (set from --model in main)."""
 
-PAPER = {"key_source": "base", "block_per": "batch"}
-"""melo-paper: the MELO paper's layout (base-model keys and the split rule follow from key_source=base)."""
+PAPER = {"key_source": "base", "block_per": "batch", "entities": "off"}
+"""melo-paper: the MELO paper's layout (base-model keys and the split rule follow from key_source=base; no
+entity check, which the paper does not have)."""
+EDITORS = {"melo": {}, "melo-nosubj": {}, "melo-paper": PAPER, "grace-style": None, "lora-ft": None}
+"""melo: the defaults with the records' subject fields; melo-nosubj: the defaults without them (what a user
+without a `subject` field gets: the entity found in each input)."""
 
 
 def train_until_done(params, loss_and_hits, lr: float) -> int:
@@ -147,7 +151,7 @@ class LoraFinetune:
         model = self.backbone.model
         lora = layers.default_lora_layers(model, "causal-lm")
         config = MeloConfig(task="causal-lm", lora_layers=lora, key_layer=layers.default_key_layer(model, lora),
-                            rank_per_block=rank, alpha=2.0 * rank, block_per="batch", contexts=0)
+                            rank_per_block=rank, alpha=2.0 * rank, block_per="batch", contexts=0, block_dtype="float32")
         self.edited = EditedModel(self.backbone, config)
         self.layer_names = lora
         generator = torch.Generator().manual_seed(0)
@@ -363,6 +367,32 @@ def gen_texts(ed, inputs, n, targets=None):
     return texts
 
 
+def fluency(ed, records, base_texts: dict, tokens: list[int]) -> dict:
+    """Continuations of every edit and rephrase, `tokens` new tokens each: the share that start with the
+    target, the share that stutter it (melo_cli/fluency.py), and the n-gram entropy against the bare
+    model's on the same prompts; for melo also over the routed rows only."""
+    from melo_cli.fluency import mean_entropy, repeats
+
+    prompts = [r["input"] for r in records] + [r["rephrases"][0] for r in records]
+    targets = [r["target"] for r in records] * 2
+    out = {}
+    for n in tokens:
+        texts = [t for chunk in chunks(prompts) for t in ed.generate(chunk, n)]
+        base = base_texts[n][:len(records)] + base_texts[n][len(base_texts[n]) // 2:][:len(records)]
+        row = {"starts": float(np.mean([produces(t, g) for t, g in zip(texts, targets)])),
+               "repeats": float(np.mean([repeats(t, g) for t, g in zip(texts, targets)])),
+               "entropy": mean_entropy(texts), "base_entropy": mean_entropy(base)}
+        row["entropy_ratio"] = row["entropy"] / row["base_entropy"]
+        if isinstance(ed, MeloEditor):
+            routed = [i for i, r in enumerate(ed.model.route(prompts)) if r.routed]
+            row.update(routed=len(routed), routed_starts=float(np.mean([produces(texts[i], targets[i]) for i in routed])),
+                       routed_repeats=float(np.mean([repeats(texts[i], targets[i]) for i in routed])),
+                       routed_entropy_ratio=mean_entropy([texts[i] for i in routed]) /
+                       mean_entropy([base[i] for i in routed]))
+        out[str(n)] = row
+    return out
+
+
 def score(ed, records, base, full: bool) -> dict:
     ins, tgt = [r["input"] for r in records], [r["target"] for r in records]
     reph = [r["rephrases"][0] for r in records]
@@ -389,10 +419,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--editors", default="melo,melo-paper,grace-style,lora-ft")
+    parser.add_argument("--editors", default="melo,melo-nosubj,melo-paper,grace-style,lora-ft")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (pinned for timing)")
     parser.add_argument("--tag", default=None, help="results file suffix (default: MODEL-DATASET-nN)")
     parser.add_argument("--final-only", action="store_true", help="score after the last batch only (no retention curve)")
+    parser.add_argument("--fluency-tokens", default="40,100", help="continuation lengths for the fluency numbers "
+                                                                    "('' to skip them)")
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -413,12 +445,16 @@ def main() -> None:
     base = {"loc_argmax": tf_hits_and_argmax(base_model, [r["locality"] for r in records],
                                              [r["locality_target"] for r in records])[1],
             "loc_text": gen_texts(base_model, [r["locality"] for r in records], 8)}
+    tokens = [int(t) for t in args.fluency_tokens.split(",") if t.strip()]
+    prompts = [r["input"] for r in records] + [r["rephrases"][0] for r in records]
+    base_texts = {n: [t for chunk in chunks(prompts) for t in base_model.generate(chunk, n)] for n in tokens}
     del base_model
 
     results = {}
     for name in args.editors.split(","):
         inputs = [r["input"] for r in records]
         ed = {"melo": lambda: MeloEditor(args.device),
+              "melo-nosubj": lambda: MeloEditor(args.device, name="melo-nosubj", subjects=False),
               "melo-paper": lambda: MeloEditor(args.device, name="melo-paper", subjects=False, **PAPER),
               "grace-style": lambda: GraceStyle(args.device, inputs),
               "lora-ft": lambda: LoraFinetune(args.device)}[name]()
@@ -440,7 +476,8 @@ def main() -> None:
                            ed.trainable_per_batch() if name == "grace-style" else ed.trainable_per_batch() / args.n)
         results[name] = {**final, "seconds_per_edit": seconds / args.n, "steps_per_batch_mean": float(np.mean(steps)),
                          "steps_per_batch_max": int(max(steps)), "trainable_params_per_edit": per_edit_params,
-                         "saved_bytes_per_edit": ed.saved_bytes() / args.n, "curve": curve}
+                         "saved_bytes_per_edit": ed.saved_bytes() / args.n, "curve": curve,
+                         "fluency": fluency(ed, records, base_texts, tokens) if tokens else {}}
         del ed
         write_results(args, env, results)  # after every editor: a long run interrupted keeps what it measured
 
@@ -464,12 +501,21 @@ def write_results(args, env: dict, results: dict) -> None:
              r["steps_per_batch_mean"], r["trainable_params_per_edit"], r["saved_bytes_per_edit"]]
             for name, r in results.items()]
     curve_rows = [[name, p["edits"], p["es_tf"], p["gen_tf"], p["loc_tf"]] for name, r in results.items() for p in r["curve"]]
+    fluency_rows = [[name, n, f["starts"], f["repeats"], f["entropy"], f["base_entropy"], f["entropy_ratio"],
+                     f.get("routed"), f.get("routed_starts"), f.get("routed_repeats"), f.get("routed_entropy_ratio")]
+                    for name, r in results.items() for n, f in r.get("fluency", {}).items()]
     markdown = (f"Sequential editing, {args.dataset} N={args.n}, batches of {args.batch_size}, {args.model}, "
                 f"{args.threads} torch thread(s).\n\n"
                 + common.table(headers, rows)
                 + f"\n\n'loc gen, unrelated': locality over the prompts that do not restate an edit of the set "
                 f"({next(iter(results.values()))['restating']} of {args.n} do; common.restating).\n\nRetention over time (teacher-forced, on all edits so far):\n\n"
-                + common.table(["editor", "edits", "ES tf", "gen tf", "loc tf"], curve_rows))
+                + common.table(["editor", "edits", "ES tf", "gen tf", "loc tf"], curve_rows)
+                + ("\n\nFluency: greedy continuations of every edit and rephrase (melo: with the handoff), n-gram "
+                   "entropy against the bare model's on the same prompts; 'repeats': the target given twice in a row "
+                   "(melo_cli/fluency.py); 'routed': the same over the rows melo routed to a block.\n\n"
+                   + common.table(["editor", "new tokens", "start with target", "repeats", "entropy", "bare entropy",
+                                   "ratio", "routed", "routed: start", "routed: repeats", "routed: ratio"],
+                                  fluency_rows) if fluency_rows else ""))
     tag = args.tag or f"{args.model}-{args.dataset}-n{args.n}"
     common.write("editing", tag, env, {"model": args.model, "dataset": args.dataset, "n": args.n,
                                        "batch_size": args.batch_size, "results": results}, markdown, args.out)

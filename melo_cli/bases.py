@@ -99,6 +99,7 @@ def load_encoder(config: MeloConfig, device: torch.device, manifest: Manifest | 
     """The sentence encoder a bundle's keys come from (checked against its fingerprint), or None."""
     if config.key_source != "encoder":
         return None
+    backbones.quiet_transformers()
     try:
         source = encoder_source(config.key_encoder)
         backbones.check_source(source)  # a missing local folder is not a hub id

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
-from .cli_app import MeloCommand, Quiet, Verbose, app, flag, log_options
+from .cli_app import MeloCommand, Quiet, Verbose, app, flag, log_options, one_line
 from .console import emit_json, exits_cleanly, stdout
 from .errors import InputError
 
@@ -76,16 +77,22 @@ def inspect(
 
 
 def edit_rows(loaded) -> list[dict]:
-    """One row per edit of a bundle: where it lives in the router and whether its key still reaches it."""
+    """One row per edit of a bundle: where it lives in the router, the entity it routes on, and whether its
+    key still reaches it."""
+    import numpy as np
+
     router, rows = loaded.router, []
     homes = router.member_routes([e.input for e in loaded.edits])
     for n, (edit, record) in enumerate(zip(loaded.edits, loaded.records)):
         cluster = router.cluster_of(n)
         status = "forgotten" if edit.forgotten else "superseded" if edit.superseded else "live"
         routes_home = None if n not in homes else homes[n].routed and homes[n].cluster == cluster
+        member = np.flatnonzero(router.member_edit == n)
+        entity = router.member_subjects[member[-1]] if len(member) else None
         rows.append({"edit": n + 1, "id": edit.id, "batch": record.get("batch"), "input": edit.input,
-                     "target": edit.target, "status": status, "cluster": cluster,
-                     "block": int(router.blocks[cluster]) if cluster is not None else None,
+                     "target": edit.target, "entity": entity,
+                     "entity_short": list(router.member_short[member[-1]]) if entity else [], "status": status,
+                     "cluster": cluster, "block": int(router.blocks[cluster]) if cluster is not None else None,
                      "routes_to_own_cluster": routes_home})
     return rows
 
@@ -96,11 +103,19 @@ def _print_edits(loaded, json_out: bool) -> None:
         for row in rows:
             emit_json(row)
         return
-    table = Table(title=f"edits of {loaded.path}")
-    for column in ("#", "id", "batch", "input", "target", "status", "cluster", "block", "routes home"):
-        table.add_column(column)
+    table = Table(title=f"edits of {loaded.path}", box=box.SIMPLE_HEAD, pad_edge=False, expand=True)
+    widest = lambda key, cap: min(cap, max([len(str(r[key] or "")) for r in rows] + [len(key)]))  # noqa: E731
+    fixed = {"id": widest("id", 12), "batch": widest("batch", 6), "status": widest("status", 10), "block": 5,
+             "home": 4}
+    for column, ratio in (("id", None), ("batch", None), ("input", 4), ("target", 2), ("entity", 2),
+                          ("status", None), ("block", None), ("home", None)):  # one line per edit, any width
+        table.add_column(column, no_wrap=True, overflow="ellipsis", ratio=ratio,
+                         min_width=fixed.get(column, 6), max_width=fixed.get(column))
     for r in rows:
-        table.add_row(str(r["edit"]), str(r["id"] or ""), str(r["batch"] or ""), r["input"], r["target"], r["status"],
-                      "" if r["cluster"] is None else str(r["cluster"]), "" if r["block"] is None else str(r["block"]),
+        routes_on = r["entity"] or "-"
+        if r["entity_short"]:
+            routes_on += " / " + " / ".join(r["entity_short"])
+        table.add_row(str(r["id"] or ""), str(r["batch"] or ""), one_line(r["input"]), one_line(r["target"]),
+                      routes_on, r["status"], "" if r["block"] is None else str(r["block"]),
                       {True: "yes", False: "NO", None: ""}[r["routes_to_own_cluster"]])
     stdout.print(table)

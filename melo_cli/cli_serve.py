@@ -56,7 +56,9 @@ def route(
                 record["prompt"] = prompt.text
                 record["route"] = ({"cluster": found.cluster, "block": found.block,
                                     "adapter": adapter_name(found.block), "distance": found.distance,
-                                    "label": labels[found.cluster]} if found.routed else None)
+                                    "label": labels[found.cluster],
+                                    "entities": [e["name"] for e in router.entities_of(found.cluster)]}
+                                   if found.routed else None)
                 emit_json(record)
             progress.update(bar, advance=len(chunk))
 
@@ -69,6 +71,10 @@ def export(
     format: Annotated[str, typer.Option(help="peft: one standard peft LoRA adapter per block, and routing.json.")
                       ] = "peft",
     overwrite: Annotated[bool, flag("--overwrite", "Replace an existing export at -o.")] = False,
+    base_name: Annotated[Optional[str], typer.Option(help="The base as the serving stack loads it (a hub id or "
+                                                          "folder) for adapter_config.json; default: the base's "
+                                                          "folder, or for a GGUF base the Hugging Face folder "
+                                                          "melo made from it.")] = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -80,7 +86,7 @@ def export(
         raise InputError(f"--format {format!r}: only peft is supported")
     from .export import export_peft
 
-    emit_json(export_peft(bundle, out, overwrite=overwrite))
+    emit_json(export_peft(bundle, out, overwrite=overwrite, base_name=base_name))
 
 
 @app.command(cls=MeloCommand)

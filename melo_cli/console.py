@@ -29,7 +29,12 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """melo's log on stderr; transformers' own chatter silenced unless --verbose."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logger = logging.getLogger("melo")
-    logger.handlers[:] = [RichHandler(console=stderr, show_time=False, show_path=False)]
+    if stderr.is_terminal:
+        handler: logging.Handler = RichHandler(console=stderr, show_time=False, show_path=False)
+    else:  # a pipe or a file: one plain line per record, never wrapped or padded to a width
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("melo: %(levelname)s %(message)s"))
+    logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

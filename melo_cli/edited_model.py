@@ -77,7 +77,8 @@ class EditedModel:
         modules = dict(model.named_modules())
         for name in config.lora_layers or ():  # None: the bare base model (workflow.bare_model)
             parent_name, _, child = name.rpartition(".")
-            layer = BlockLoRA(modules[name], self.routes, config.rank_per_block, config.alpha)
+            layer = BlockLoRA(modules[name], self.routes, config.rank_per_block, config.alpha,
+                              getattr(torch, config.block_dtype))
             setattr(modules[parent_name] if parent_name else model, child, layer)
             self.layers[name] = layer
         self._hook = (modules[config.key_layer].register_forward_hook(self._on_key_layer)
@@ -294,7 +295,7 @@ class EditedModel:
             if a.shape[1:] != layer.lora_A.shape[1:] or b.shape[1:] != layer.lora_B.shape[1:]:
                 raise ValueError(f"LoRA tensors of {name} have shape {tuple(a.shape)}, {tuple(b.shape)}; "
                                  f"the model needs (*, {layer.rank}, {layer.in_features}), (*, {layer.out_features}, {layer.rank})")
-            layer.lora_A = a.to(layer.lora_A.device, torch.float32)
+            layer.lora_A = a.to(layer.lora_A.device, torch.float32)  # float16 to float32: exact
             layer.lora_B = b.to(layer.lora_B.device, torch.float32)
 
 

@@ -12,6 +12,7 @@ name for a prompt. Made from the bundle alone: no model is loaded.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from . import bundle as bundle_io
 from .config import lora_scale
 from .errors import InputError, WriteFailed
 from .router import NEGATIVE
+
+log = logging.getLogger("melo")
 
 TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "classification": None}
 """peft's task type per melo task. Classifiers get none: peft's SEQ_CLS expects the classification head
@@ -41,31 +44,69 @@ def peft_tensors(lora: dict, layers: list[str], block: int) -> dict[str, np.ndar
     return out
 
 
-def adapter_config(loaded, conv1d: bool) -> dict:
+def loadable_base(base: dict, given: str | None) -> str:
+    """What peft and a serving stack can load as the base: `given` (--base-name, e.g. the hub id), else the
+    Hugging Face folder melo made from a GGUF base (peft and vLLM cannot load a .gguf file), else the base
+    as recorded (its absolute path, or its hub id)."""
+    if given:
+        return given
+    if base.get("gguf"):
+        from .gguf import converted_folder
+
+        folder = converted_folder(base["gguf"]["sha256"])
+        if not (folder / "config.json").exists():
+            log.warning("the GGUF base's Hugging Face folder %s is not on this machine: make it with `melo inspect "
+                        "--model %s`, or pass --base-name with the model's hub id", folder, base.get("name"))
+        return str(folder)
+    return base.get("path") or base.get("name")
+
+
+def adapter_config(loaded, conv1d: bool, base_name: str | None = None) -> dict:
     config = loaded.config
     rank = config.rank_per_block
     return {"peft_type": "LORA", "task_type": TASK_TYPES.get(config.task), "r": rank,
             "lora_alpha": lora_scale(rank, config.alpha) * rank,
             "lora_dropout": 0.0, "bias": "none", "target_modules": list(config.lora_layers),
             "fan_in_fan_out": conv1d, "use_rslora": False, "use_dora": False, "init_lora_weights": True,
-            "inference_mode": True, "base_model_name_or_path": loaded.base.get("path") or loaded.base.get("name"),
+            "inference_mode": True, "base_model_name_or_path": loadable_base(loaded.base, base_name),
             "revision": None, "modules_to_save": None}
 
 
+ENTITY_RULES = {
+    "forms": "a cluster with entities is a candidate only if the prompt names one of them: in full (any case, "
+             "any punctuation between words, a possessive after, a first word also as its first 3+ letters) or "
+             "by one of its short forms, and not continued by more name words (a capitalised word or number "
+             "after it in the same sentence, a capitalised word joined by 'of' or a comma before it, or before a "
+             "short form any capitalised word); melo_cli/entities.py, names()",
+    "whole": "a cluster with entities is a candidate only if the prompt names one of them as a whole name "
+             "(melo bundles of format 1); melo_cli/subjects.py, names()",
+}
+HANDOFF = ("generate with the adapter until the continuation, whitespace-normalised, starts with the cluster's label "
+           "or can no longer become it; then continue from the prompt and the tokens so far with the base model "
+           "alone (melo_cli/handoff.py); left on, the adapter repeats its label")
+
+
 def routing_table(loaded) -> dict:
+    """What an outside router needs to route as melo does: key settings, the rule per cluster (centre row in
+    clusters.safetensors, radius, label, adapter, entities), the margin, the entity rule and the handoff."""
     router, config = loaded.router, loaded.config
     clusters = [{"cluster": c, "adapter": adapter_name(int(router.blocks[c])), "radius": float(router.radii[c]),
-                 "label": router.labels[c]}
+                 "label": router.labels[c], "entities": router.entities_of(c)}
                 for c in range(len(router)) if not router.retired[c] and router.labels[c] != NEGATIVE]
-    return {"format": "melo-routing/1", "base_model": loaded.base.get("name"),
+    return {"format": "melo-routing/2", "base_model": loaded.base.get("name"),
             "keys": {"source": config.key_source, "encoder": config.key_encoder, "layer": config.key_layer,
                      "pooling": config.key_pooling, "metric": config.metric},
-            "default": None, "clusters": clusters,
+            "nearest": {"margin": config.margin, "rule": "the nearest candidate cluster routes if the key lies within "
+                        "its radius and every candidate of another label (negatives too) is at least (1 + margin) "
+                        "times as far"},
+            "entities": {"match": config.entity_match, "rule": ENTITY_RULES[config.entity_match]},
+            "handoff": HANDOFF, "default": None, "clusters": clusters,
             "note": "route each prompt with `melo route --bundle BUNDLE` (or the centres in the bundle's "
                     "clusters.safetensors); a prompt that routes to no cluster runs the base model (no adapter)"}
 
 
-def export_peft(bundle: Path, out: Path, conv1d: bool | None = None, overwrite: bool = False) -> dict:
+def export_peft(bundle: Path, out: Path, conv1d: bool | None = None, overwrite: bool = False,
+                base_name: str | None = None) -> dict:
     """Write `out`: one peft adapter folder per block in use, routing.json; atomically. Returns a summary."""
     loaded = bundle_io.load(bundle)
     if out.exists() and not overwrite:
@@ -77,7 +118,7 @@ def export_peft(bundle: Path, out: Path, conv1d: bool | None = None, overwrite: 
     table = routing_table(loaded)
     used = sorted(loaded.router.live_blocks())
     out.parent.mkdir(parents=True, exist_ok=True)
-    config = adapter_config(loaded, conv1d)
+    config = adapter_config(loaded, conv1d, base_name)
     try:
         with bundle_io.replacing(out) as tmp:
             for block in used:

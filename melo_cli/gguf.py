@@ -89,9 +89,14 @@ def inspect_file(path: Path) -> GgufFile:
     return GgufFile(path, _sha256(path))
 
 
+def converted_folder(sha256: str) -> Path:
+    """Where the Hugging Face folder of the GGUF file with this sha256 is kept."""
+    return cache_root() / "gguf" / sha256[:32]
+
+
 def converted(gguf: GgufFile, trust_remote_code: bool = False) -> Path:
     """The Hugging Face folder made from this GGUF file (made now if the cache lacks it)."""
-    folder = cache_root() / "gguf" / gguf.sha256[:32]
+    folder = converted_folder(gguf.sha256)
     if (folder / "config.json").exists():
         return folder
     try:

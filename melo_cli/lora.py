@@ -39,13 +39,16 @@ def is_lora_target(module: nn.Module) -> bool:
 class BlockLoRA(nn.Module):
     """Wraps a Linear/Conv1D layer; adds the LoRA block chosen for each row by `routes`."""
 
-    def __init__(self, base: nn.Module, routes: Routes, rank_per_block: int, alpha: float | None = None):
+    def __init__(self, base: nn.Module, routes: Routes, rank_per_block: int, alpha: float | None = None,
+                 grid: torch.dtype = torch.float32):
         super().__init__()
         self.base = base
         self.routes = routes
         self.in_features, self.out_features = linear_dims(base)
         self.rank = rank_per_block
         self.scale = lora_scale(rank_per_block, alpha)
+        self.grid = grid
+        """The dtype blocks are stored in: trained weights stay on its grid (`snap`), held in float32."""
         device = base.weight.device  # LoRA is kept in float32 whatever the base dtype: it is tiny
         self.register_buffer("lora_A", torch.zeros(0, rank_per_block, self.in_features, device=device))
         self.register_buffer("lora_B", torch.zeros(0, self.out_features, rank_per_block, device=device))
@@ -88,11 +91,19 @@ class BlockLoRA(nn.Module):
         a = torch.empty(count, self.rank, self.in_features, dtype=torch.float32)
         bound = 1.0 / math.sqrt(self.in_features)
         a.uniform_(-bound, bound, generator=generator)
-        self.train_A = nn.Parameter(a.to(self.lora_A.device, self.lora_A.dtype))
+        self.train_A = nn.Parameter(a.to(self.grid).to(self.lora_A.device, self.lora_A.dtype))
         self.train_B = nn.Parameter(torch.zeros(count, *self.lora_B.shape[1:], device=self.lora_B.device,
                                                 dtype=self.lora_B.dtype))
         self.train_block = first
         return [self.train_A, self.train_B]
+
+    @torch.no_grad()
+    def snap(self) -> None:
+        """Round the blocks being trained to the storage grid (after each optimizer step), so that what is
+        scored while training is exactly what the bundle stores."""
+        if self.train_block is not None and self.grid != torch.float32:
+            for p in (self.train_A, self.train_B):
+                p.copy_(p.to(self.grid).to(p.dtype))
 
     @torch.no_grad()
     def commit_block(self) -> None:

@@ -40,6 +40,8 @@ def lora_blocks(lora: dict[str, np.ndarray], manifest: Manifest, where: Path) ->
                 or b.shape[2] != config.rank_per_block:
             raise BundleError(f"{where}: LoRA tensors of {name!r} have shapes {a.shape} and {b.shape}; expected "
                               f"(blocks, {config.rank_per_block}, in) and (blocks, out, {config.rank_per_block})")
+        if a.dtype != np.dtype(config.block_dtype) or b.dtype != np.dtype(config.block_dtype):
+            raise BundleError(f"{where}: LoRA tensors of {name!r} are {a.dtype}; the manifest says {config.block_dtype}")
         if not (np.isfinite(a).all() and np.isfinite(b).all()):
             raise BundleError(f"{where}: LoRA tensors of {name!r} hold NaN or infinite values")
         if max(float(np.abs(a).max(initial=0)), float(np.abs(b).max(initial=0))) > MAX_WEIGHT:
@@ -130,7 +132,7 @@ def index_labels(index, n_clusters: int, where: Path) -> None:
 def lora_settings(config) -> str:
     """What lora.safetensors records of the settings its tensors need (compared with the manifest's)."""
     return json.dumps({"rank_per_block": config.rank_per_block, "alpha": config.alpha,
-                       "lora_layers": list(config.lora_layers)}, sort_keys=True)
+                       "lora_layers": list(config.lora_layers), "block_dtype": config.block_dtype}, sort_keys=True)
 
 
 def record_digest(record: dict) -> bytes:
