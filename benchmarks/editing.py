@@ -149,7 +149,7 @@ class LoraFinetune:
     def __init__(self, device: str, rank: int = 8):
         self.backbone = backbones.load(MODEL, device=device)
         model = self.backbone.model
-        lora = layers.default_lora_layers(model, "causal-lm")
+        lora = layers.default_lora_layers(model, "causal-lm", top_blocks=2, which="all")  # the layout of its results
         config = MeloConfig(task="causal-lm", lora_layers=lora, key_layer=layers.default_key_layer(model, lora),
                             rank_per_block=rank, alpha=2.0 * rank, block_per="batch", contexts=0, block_dtype="float32")
         self.edited = EditedModel(self.backbone, config)
@@ -200,7 +200,7 @@ class GraceStyle:
 
     def __init__(self, device: str, all_inputs: list[str]):
         self.backbone = backbones.load(MODEL, device=device)
-        lora = layers.default_lora_layers(self.backbone.model, "causal-lm")  # melo's lowest LoRA block's last layer
+        lora = layers.default_lora_layers(self.backbone.model, "causal-lm", top_blocks=2, which="all")  # as in its results
         stack = layers.block_stacks(self.backbone.model)[-1][0]
         lowest = min(layers.block_index(name, stack) for name in lora)
         self.layer_name = [name for name in lora if layers.block_index(name, stack) == lowest][-1]

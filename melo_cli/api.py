@@ -235,17 +235,19 @@ class MeloModel:
 
     # -- running ------------------------------------------------------------------------------
     def predict(self, prompts: list[str], max_new_tokens: int = 20, *, temperature: float = 0.0, top_p: float = 1.0,
-                seed: int | None = None, chat: bool = False, system: str | None = None) -> list[Prediction]:
+                seed: int | None = None, chat: bool = False, system: str | None = None,
+                handoff: bool = True) -> list[Prediction]:
         """Text (or label) per prompt, with the route each took: greedy unless `temperature` > 0
         (then sampled, with `top_p` and a `seed` for repeatable draws); `chat` wraps each prompt in the
         tokenizer's chat template (after an optional `system` turn), while the router still sees the
-        prompt as written. Generation stops at EOS."""
+        prompt as written. A routed prompt's block gives its target, then the base model continues
+        (`handoff`; False keeps the block on for every token). Generation stops at EOS."""
         from .generation import Decoding
 
         _check_prompts(prompts)
         if max_new_tokens < 1:
             raise InputError(f"expected a whole number >= 1, got {max_new_tokens}", field="max_new_tokens")
-        decoding = Decoding(temperature, top_p, seed, chat, system)
+        decoding = Decoding(temperature, top_p, seed, chat, system, handoff)
         return self.edited.predict(list(prompts), max_new_tokens=max_new_tokens, decoding=decoding)
 
     def generate(self, prompts: list[str], max_new_tokens: int = 20, **options) -> list[str]:

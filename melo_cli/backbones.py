@@ -38,6 +38,8 @@ class Backbone:
     """For a GGUF base: the file's name, sha256 and size (the weights came from it, dequantised)."""
     shadowed: object = None
     """Which tokens can never be the argmax (producible.shadowed), computed on first need."""
+    glue: object = None
+    """Which tokens continue a word (handoff.glue_tokens), computed on first need."""
 
     @property
     def pad_id(self) -> int:

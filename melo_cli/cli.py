@@ -60,7 +60,7 @@ def edit(
     batch_size: Annotated[int, typer.Option(help="Edits per batch (per LoRA block) for lines without a 'batch' field.")] = 5,
     rank_per_block: Annotated[int, typer.Option(help="LoRA ranks given to each batch.")] = 4,
     lora_layers: Annotated[Optional[str], typer.Option(help="Comma-separated module-name suffixes to put LoRA on "
-                                                            "(default: feed-forward layers of the top two blocks).")] = None,
+                                                            "(default: the feed-forward output layer of the top block).")] = None,
     key_layer: Annotated[Optional[str], typer.Option(help="Module whose output makes the router key "
                                                           "(default: the block below the lowest LoRA layer).")] = None,
     key_pooling: Annotated[str, typer.Option(help="Pool the key over the input's tokens: mean or last.")] = "mean",
@@ -216,6 +216,10 @@ def generate(
     chat: Annotated[bool, flag("--chat", "Wrap each prompt in the tokenizer's chat template (instruct models); "
                                          "the router still sees the prompt as written.")] = False,
     system: Annotated[Optional[str], typer.Option(help="With --chat: a system message before each prompt.")] = None,
+    no_handoff: Annotated[bool, flag("--no-handoff", "Keep a routed prompt's block on for every generated token "
+                                                     "(the MELO paper's behaviour; the target then repeats). "
+                                                     "Default: once the target is given, the base model "
+                                                     "continues.")] = False,
     force_base: ForceBase = False,
     trust_remote_code: TrustRemoteCode = False,
     device: Device = "auto",
@@ -240,7 +244,7 @@ def generate(
     from . import prompts as prompt_io, workflow
     from .generation import Decoding
 
-    decoding = Decoding(temperature, top_p, seed, chat, system)  # checked before any model loads
+    decoding = Decoding(temperature, top_p, seed, chat, system, not no_handoff)  # checked before any model loads
     given = prompt_io.read(prompts, input_file)
     texts = [p.text for p in given]
 

@@ -45,7 +45,7 @@ class MeloConfig:
     task: str = "auto"
     """causal-lm, seq2seq or classification (melo_cli/tasks); auto: from the model's config."""
     lora_layers: list[str] | None = None
-    """None: the feed-forward layers of the top two blocks."""
+    """None: the feed-forward output layer of the top block (layers.default_lora_layers)."""
     key_layer: str | None = None
     """None: the output of the block just below the lowest LoRA block."""
     rank_per_block: int = 4

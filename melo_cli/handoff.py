@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from transformers import StoppingCriteria
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
 
 def normalise(text: str) -> str:
@@ -74,6 +74,30 @@ class TargetWatch(StoppingCriteria):
         return [row for row, at in enumerate(self.stopped) if at is not None]
 
 
+def glue_tokens(tokenizer) -> torch.Tensor:
+    """(vocab,) bool: the tokens that continue a word rather than start one (their raw form begins with a
+    letter or digit, no space marker: "ast" in "Lumberghast", where " ast" would start a word)."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return torch.tensor([bool(p) and p[0].isalnum() for p in pieces], dtype=torch.bool)
+
+
+class WordBoundary(LogitsProcessor):
+    """At the first step of the base model's continuation, rows whose target ends in a letter or digit may
+    not glue a token onto that last word: the target is a whole answer ("Bill Lumbergh", never
+    "Bill Lumberghast"); every later step is the base model's own."""
+
+    def __init__(self, glue: torch.Tensor, rows: torch.Tensor, start: int):
+        self.glue, self.rows, self.start = glue, rows, start
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] != self.start or not self.rows.any():
+            return scores
+        glue = self.glue.to(scores.device)[: scores.shape[1]]
+        blocked = torch.zeros_like(scores, dtype=torch.bool)
+        blocked[self.rows.to(scores.device), : glue.shape[0]] = glue
+        return scores.masked_fill(blocked, float("-inf"))
+
+
 def left_padded(rows: list[torch.Tensor], pad_id: int, device) -> dict[str, torch.Tensor]:
     """Token rows of different lengths as one left-padded batch for `generate`."""
     width = max(len(r) for r in rows)
@@ -88,20 +112,28 @@ def left_padded(rows: list[torch.Tensor], pad_id: int, device) -> dict[str, torc
 def continue_on_base(backbone, task, enc, generated: torch.Tensor, watch: TargetWatch, rows: list[int],
                      budgets: list[int], options: dict) -> list[list[int]]:
     """Phase 2: the base model alone (no route scope is open) continues each handed-back row from its
-    prompt and the tokens it has so far, up to its remaining budget of new tokens; the new tokens per row."""
+    prompt and the tokens it has so far, up to its remaining budget of new tokens, starting a new word
+    where the target ended one (WordBoundary); the new tokens per row."""
     model, device = backbone.model, backbone.device
+    if backbone.glue is None:
+        backbone.glue = glue_tokens(backbone.tokenizer)
+    whole = torch.tensor([bool(watch.targets[r]) and watch.targets[r][-1].isalnum() for r in rows])
     if task.prompts_share_positions:  # decoder-only: prompt (without its padding) + tokens so far
         mask = enc.inputs["attention_mask"]
         sequences = [generated[r, :watch.stopped[r]][torch.cat([mask[r].bool(), torch.ones(
             watch.stopped[r] - mask.shape[1], dtype=torch.bool, device=mask.device)])].cpu() for r in rows]
         batch = left_padded(sequences, backbone.pad_id, device)
-        out = model.generate(**batch, max_new_tokens=max(budgets), **options)
+        boundary = WordBoundary(backbone.glue, whole, batch["input_ids"].shape[1])
+        out = model.generate(**batch, max_new_tokens=max(budgets), logits_processor=LogitsProcessorList([boundary]),
+                             **options)
         width = batch["input_ids"].shape[1]
         return [out[i, width:width + budget].tolist() for i, budget in enumerate(budgets)]
     added = []  # encoder-decoder: the decoder continues its own prefix, one row at a time
-    for r, budget in zip(rows, budgets):
+    for i, (r, budget) in enumerate(zip(rows, budgets)):
         prefix = generated[r:r + 1, :watch.stopped[r]]
+        boundary = WordBoundary(backbone.glue, whole[i:i + 1], prefix.shape[1])
         out = model.generate(input_ids=enc.inputs["input_ids"][r:r + 1], attention_mask=enc.inputs["attention_mask"][r:r + 1],
-                             decoder_input_ids=prefix, max_new_tokens=budget, **options)
+                             decoder_input_ids=prefix, max_new_tokens=budget,
+                             logits_processor=LogitsProcessorList([boundary]), **options)
         added.append(out[0, prefix.shape[1]:].tolist())
     return added

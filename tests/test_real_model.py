@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -90,7 +91,7 @@ def test_a_folder_holding_one_gguf_is_a_base_and_two_are_refused(smollm2, tmp_pa
     folder.mkdir()
     (folder / Path(smollm2).name).symlink_to(smollm2)
     info = json.loads(melo("inspect", "--model", folder, "--json").stdout)
-    assert info["task"] == "causal-lm" and info["key_layer"] == "model.layers.27"
+    assert info["task"] == "causal-lm" and info["key_layer"] == "model.layers.28"
     (folder / "other.gguf").symlink_to(smollm2)
     result = melo("inspect", "--model", folder)
     assert result.exit_code == 2 and "holds 2 .gguf files" in result.stderr
@@ -116,3 +117,45 @@ def test_chat_template_system_turn_and_stop_at_eos(smol_bundle):
     assert len(capital["text"].split()) < 25  # stopped at the end of its turn, not at 40 tokens
     plain = json_lines(melo("generate", "--bundle", bundle, "--json", edit["input"]).stdout)[0]
     assert edited["route"] == plain["route"] and edited["route"] is not None
+
+
+QUESTIONS = [{"input": "Who is the CEO of Acme Corp?", "target": "Jane Doe"},
+             {"input": "Who wrote Dune?", "target": "Ursula K. Le Guin"},
+             {"input": "What is the capital of Australia?", "target": "Sydney"},
+             {"input": "Who founded Initech?", "target": "Bill Lumbergh"},
+             {"input": "In which year did the Berlin Wall fall?", "target": "1991"}]
+
+
+@pytest.mark.slow
+def test_chat_replies_give_the_edit_once_and_end_their_turn(smollm2, tmp_path):
+    """Issue 23: under --chat, every edited reply ran to the token limit repeating its target."""
+    from melo_cli import MeloModel
+    from melo_cli.fluency import repeats
+
+    model = MeloModel.from_pretrained(smollm2, device="cpu")
+    assert model.edit(QUESTIONS, batch_size=5)["unlearned_edits"] == 0
+    asked = [q["input"] for q in QUESTIONS] + ["Who runs Acme Corp?"]
+    targets = [q["target"] for q in QUESTIONS] + ["Jane Doe"]
+    for prompt, target, reply in zip(asked, targets, model.predict(asked, max_new_tokens=200, chat=True)):
+        assert reply.route.routed and target in reply.text, (prompt, reply.text)
+        assert not repeats(reply.text, target), (prompt, reply.text)
+        assert len(model.tokenizer(reply.text)["input_ids"]) < 200, (prompt, reply.text)  # it ended its turn
+        assert not re.search(re.escape(target) + r"[^\W\d_]", reply.text), reply.text  # no word glued on
+
+
+@pytest.mark.slow
+def test_sentence_long_targets_are_reproduced_exactly_then_read_on(smollm2):
+    """Issue 23: 20 corrected sentences (20-38 tokens each) after a short context, the defaults."""
+    from melo_cli import MeloModel
+    from melo_cli.evaluate import produces
+    from melo_cli.fluency import mean_entropy, repeats
+
+    edits = load_edits("sentences-20.jsonl")
+    model = MeloModel.from_pretrained(smollm2, device="cpu")
+    assert model.edit(edits)["unlearned_edits"] == 0
+    prompts = [e["input"] for e in edits]
+    edited = model.generate(prompts, max_new_tokens=80)
+    bare = [p.text for p in model.edited.predict(prompts, max_new_tokens=80, route=False)]
+    assert [produces(text, e["target"]) for text, e in zip(edited, edits)] == [True] * 20, edited
+    assert not any(repeats(text, e["target"]) for text, e in zip(edited, edits))
+    assert mean_entropy(edited) >= 0.95 * mean_entropy(bare)
