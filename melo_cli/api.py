@@ -52,25 +52,28 @@ class MeloModel:
     @classmethod
     def from_pretrained(cls, base: str | Path | None = None, *, bundle: str | Path | None = None,
                         config: MeloConfig | None = None, device: str = "auto", dtype: str = "auto",
-                        force_base: bool = False, trust_remote_code: bool = False, **settings) -> "MeloModel":
+                        force_base: bool = False, trust_remote_code: bool = False, device_map: str | None = None,
+                        max_memory: dict | str | None = None, **settings) -> "MeloModel":
         """A base model (folder, hub id or GGUF file), with a bundle's edits applied if one is given.
 
         Without a bundle, the new bundle's settings are `config`, or MeloConfig(**settings) by the
         names of `melo edit`'s options (rank_per_block=4, key_source="base", task="seq2seq", ...);
         what they leave open is chosen from the model. With a bundle, its own settings hold and
-        `base` only says where its base model is now.
+        `base` only says where its base model is now. `device_map` ("auto") and `max_memory` ({0: "20GiB",
+        "cpu": "8GiB"} or "0=20GiB,cpu=8GiB") spread a base too large for one device (melo_cli/placement.py).
         """
+        placed = {"device_map": device_map, "max_memory": max_memory}
         if bundle is not None:
             if settings or config is not None:
                 raise InputError("a bundle keeps its own settings: pass no config or settings with `bundle`")
-            return cls._from_bundle(Path(bundle), base, device, dtype, force_base, trust_remote_code)
+            return cls._from_bundle(Path(bundle), base, device, dtype, force_base, trust_remote_code, placed)
         if base is None:
             raise InputError("no base model: name one as `base`, or give a `bundle`")
         if config is None:
             config = make_config(**settings)
         elif settings:
             raise InputError("pass the settings in `config` or as keywords, not both")
-        backbone = backbones.load(str(base), config.task, device, dtype, trust_remote_code)
+        backbone = backbones.load(str(base), config.task, device, dtype, trust_remote_code, **placed)
         info = bases.base_info(backbone, dtype)  # before LoRA is attached
         config = bases.resolve_config(backbone, config)
         encoder = bases.load_encoder(config, backbone.device, None, False, trust_remote_code)
@@ -80,13 +83,13 @@ class MeloModel:
 
     @classmethod
     def _from_bundle(cls, bundle: Path, base, device: str, dtype: str, force_base: bool,
-                     trust_remote_code: bool) -> "MeloModel":
+                     trust_remote_code: bool, placed: dict) -> "MeloModel":
         """A bundle (validated on load) applied to its base model, checked against the fingerprint."""
         loaded = bundle_io.load(bundle)
         source = bases.locate_base(loaded.base, bundle, None if base is None else str(base))
         if dtype == "auto":
             dtype = loaded.base.get("dtype", "auto")
-        backbone = backbones.load(source, loaded.config.task, device, dtype, trust_remote_code)
+        backbone = backbones.load(source, loaded.config.task, device, dtype, trust_remote_code, **placed)
         bases.check_base(backbone, loaded.manifest, force_base)
         bases.check_bundle_layers(backbone, loaded.config, bundle)
         encoder = bases.load_encoder(loaded.config, backbone.device, loaded.manifest, force_base, trust_remote_code)

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import threads
+from . import placement, threads
 from .errors import InputError
+from .placement import Placement, resolve_device  # noqa: F401  (resolve_device: callers name it here)
 
 log = logging.getLogger("melo")
 
@@ -81,20 +82,6 @@ def task_for(config, task: str) -> str:
     return task
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise InputError(f"`device` {device!r}: expected auto, cpu, cuda or cuda:N") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"`device` {device}: CUDA is not available on this machine")
-    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
-        raise InputError(f"`device` {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return chosen
-
-
 def quiet_transformers() -> None:
     """transformers' own logging and progress bars off unless melo logs at debug level (-v)."""
     from transformers.utils import logging as hf_logging
@@ -104,6 +91,7 @@ def quiet_transformers() -> None:
     else:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        logging.getLogger("accelerate").setLevel(logging.ERROR)  # "parameters offloaded to the disk" (--device-map)
 
 
 def looks_local(source: str) -> bool:
@@ -173,20 +161,22 @@ def _check_weights_format(source: str) -> None:
 
 
 def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "auto",
-         trust_remote_code: bool = False) -> Backbone:
-    """Load model and tokenizer with from_pretrained (a local folder or a hub id) for `task`."""
+         trust_remote_code: bool = False, device_map: str | None = None, max_memory: dict | str | None = None
+         ) -> Backbone:
+    """Load model and tokenizer with from_pretrained (a local folder or a hub id) for `task`, on one
+    device or spread by accelerate (`device_map`, melo_cli/placement.py)."""
     import transformers
 
     from .tasks import TASKS
 
     given = source
-    target = resolve_device(device)  # a device melo cannot use is refused before anything loads
+    where = Placement(device, device_map, placement.parse_max_memory(max_memory))  # refused before loading
     source, gguf_record = readable_source(source, trust_remote_code)  # also quiets transformers
     _check_weights_format(source)
     config = load_config(source, trust_remote_code)
     task = task_for(config, task)
     auto = getattr(transformers, TASKS[task].auto_model)
-    kwargs = {"trust_remote_code": trust_remote_code}
+    kwargs = {"trust_remote_code": trust_remote_code, **where.load_kwargs()}
     if dtype != "auto":
         if dtype not in DTYPES:
             raise InputError(f"unknown `dtype` {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
@@ -201,9 +191,11 @@ def load(source: str, task: str = "auto", device: str = "auto", dtype: str = "au
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    model.to(target).eval()
+    if device_map is None:
+        model.to(resolve_device(device))
+    model.eval()
     model.requires_grad_(False)
-    return Backbone(model, tokenizer, task, given, target, gguf_record)
+    return Backbone(model, tokenizer, task, given, placement.input_device(model), gguf_record)
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):
@@ -246,7 +238,7 @@ def fingerprint(model: nn.Module) -> dict:
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     signs = np.random.default_rng(0).choice([-1.0, 1.0], size=(SKETCH_DIM, SKETCH_SAMPLES))
     rows = []
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(placement.weights(model), key=lambda item: item[0]):
         digest.update(f"{name}:{tuple(tensor.shape)}".encode())
         flat = tensor.detach().reshape(-1)
         step = max(1, flat.numel() // SKETCH_SAMPLES)

@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .cli_app import (Device, Dtype, ForceBase, MeloCommand, Quiet, TrustRemoteCode, Verbose, app, flag,
+from .cli_app import (Device, DeviceMap, Dtype, MaxMemory, ForceBase, MeloCommand, Quiet, TrustRemoteCode, Verbose, app, flag,
                       log_options, one_line, progress_bar)
 from .console import emit_json, exits_cleanly, setup_logging, stderr
 from .edits import ReadReport
@@ -109,6 +109,8 @@ def edit(
     force_base: Annotated[bool, flag("--force-base", "Continue a bundle on a base whose fingerprint differs.")] = False,
     trust_remote_code: TrustRemoteCode = False,
     device: Device = "auto",
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
     dtype: Dtype = "auto",
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -140,7 +142,8 @@ def edit(
         contexts=contexts, init_radius=_radius(init_radius), lr=lr, max_steps=_steps(max_steps),
         loss_threshold=loss_threshold, seed=seed)
     opts = workflow.EditOptions(
-        config=config, negatives=negatives, batch_size=batch_size, device=device, dtype=dtype,
+        config=config, negatives=negatives, batch_size=batch_size, device=device, dtype=dtype, device_map=device_map,
+        max_memory=max_memory,
         skip_invalid=skip_invalid, force_base=force_base, trust_remote_code=trust_remote_code, overwrite=overwrite,
         eval_every=eval_every, locality=locality, allow_partial=allow_partial)
     report = ReadReport()
@@ -223,6 +226,8 @@ def generate(
     force_base: ForceBase = False,
     trust_remote_code: TrustRemoteCode = False,
     device: Device = "auto",
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
     dtype: Dtype = "auto",
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -250,9 +255,11 @@ def generate(
 
     if bundle is not None:
         _, edited = workflow.open_bundle(bundle, base=base, device=device, dtype=dtype, force_base=force_base,
-                                         trust_remote_code=trust_remote_code)
+                                         trust_remote_code=trust_remote_code, device_map=device_map,
+                                         max_memory=max_memory)
     else:
-        edited = workflow.bare_model(base, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        edited = workflow.bare_model(base, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                     device_map=device_map, max_memory=max_memory)
     with progress_bar("generating", "prompts") as progress:
         bar = progress.add_task("generate", total=len(texts), note="")
         for start in range(0, len(texts), batch_size):

@@ -3,7 +3,7 @@ tables. The commands live in cli.py and cli_eval.py, which both import from here
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -102,6 +102,13 @@ app = typer.Typer(
 Device = Annotated[str, typer.Option(help="Where to run: auto (CUDA when present), cpu, cuda or cuda:N.")]
 Dtype = Annotated[str, typer.Option(help="Base model dtype: auto (the bundle's, else the checkpoint's), "
                                           "float32, float16 or bfloat16.")]
+
+
+DeviceMap = Annotated[Optional[str], typer.Option(help="Spread the base model over GPUs, CPU and disk with "
+                                                       "accelerate (auto, balanced, sequential) instead of --device: "
+                                                       "for a base too large for one device.")]
+MaxMemory = Annotated[Optional[str], typer.Option(help="With --device-map: the most each device may hold, as "
+                                                       "accelerate takes it, e.g. 0=20GiB,cpu=8GiB.")]
 
 
 Verbose = Annotated[bool, flag("--verbose", "More log lines on stderr (also before the command).", "-v")]

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .cli_app import (Device, Dtype, ForceBase, MeloCommand, Quiet, TrustRemoteCode, Verbose, app, flag,
+from .cli_app import (Device, DeviceMap, Dtype, MaxMemory, ForceBase, MeloCommand, Quiet, TrustRemoteCode, Verbose, app, flag,
                       format_metric, log_options, print_history, progress_bar)
 from .console import emit_json, exits_cleanly, stdout
 from .errors import InputError
@@ -40,6 +40,8 @@ def eval_command(
     force_base: ForceBase = False,
     trust_remote_code: TrustRemoteCode = False,
     device: Device = "auto",
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
     dtype: Dtype = "auto",
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -92,10 +94,12 @@ def eval_command(
 
     if bundle is not None:
         loaded, edited = workflow.open_bundle(bundle, base=base, device=device, dtype=dtype, force_base=force_base,
-                                              trust_remote_code=trust_remote_code)
+                                              trust_remote_code=trust_remote_code, device_map=device_map,
+                                              max_memory=max_memory)
         bundle_edits = loaded.edits
     else:
-        edited = workflow.bare_model(base, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        edited = workflow.bare_model(base, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                     device_map=device_map, max_memory=max_memory)
         bundle_edits = []
     edit_list = evaluate.live_only(edit_list if edit_list is not None else bundle_edits, bundle_edits)
     lengths.check_edits(edited.backbone, edit_list, edits if edits is not None else bundle / "edits.jsonl")

@@ -79,16 +79,14 @@ def inspect(
 def edit_rows(loaded) -> list[dict]:
     """One row per edit of a bundle: where it lives in the router, the entity it routes on, and whether its
     key still reaches it."""
-    import numpy as np
-
     router, rows = loaded.router, []
     homes = router.member_routes([e.input for e in loaded.edits])
     for n, (edit, record) in enumerate(zip(loaded.edits, loaded.records)):
         cluster = router.cluster_of(n)
         status = "forgotten" if edit.forgotten else "superseded" if edit.superseded else "live"
         routes_home = None if n not in homes else homes[n].routed and homes[n].cluster == cluster
-        member = np.flatnonzero(router.member_edit == n)
-        entity = router.member_subjects[member[-1]] if len(member) else None
+        member = router.members_of_edit(n)
+        entity = router.member_subjects[member[-1]] if member else None
         rows.append({"edit": n + 1, "id": edit.id, "batch": record.get("batch"), "input": edit.input,
                      "target": edit.target, "entity": entity,
                      "entity_short": list(router.member_short[member[-1]]) if entity else [], "status": status,

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_app import (Device, Dtype, ForceBase, MeloCommand, Quiet, TrustRemoteCode, Verbose, app, flag,
+from .cli_app import (Device, DeviceMap, Dtype, MaxMemory, ForceBase, MeloCommand, Quiet, TrustRemoteCode, Verbose, app, flag,
                       log_options, progress_bar)
 from .console import emit_json, exits_cleanly
 from .errors import InputError
@@ -27,6 +27,8 @@ def route(
     force_base: ForceBase = False,
     trust_remote_code: TrustRemoteCode = False,
     device: Device = "auto",
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
     dtype: Dtype = "auto",
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -45,7 +47,8 @@ def route(
 
     given = prompt_io.read(prompts, input_file)
     router, route_texts = workflow.router_for(bundle, base=base, device=device, dtype=dtype, force_base=force_base,
-                                              trust_remote_code=trust_remote_code)
+                                              trust_remote_code=trust_remote_code, device_map=device_map,
+                                              max_memory=max_memory)
     labels = router.labels
     with progress_bar("routing", "prompts") as progress:
         bar = progress.add_task("route", total=len(given), note="")

@@ -25,6 +25,7 @@ from .errors import InputError
 from .generation import Decoding, apply_chat, eos_ids
 from .keys import SentenceEncoder, hidden_of, pool
 from .lora import BlockLoRA
+from .placement import execution_device
 from .prefix import FrozenPrefix
 from .router import Route, Router
 from .route_scope import NO_BLOCK, Routes
@@ -76,10 +77,9 @@ class EditedModel:
         model = backbone.model
         modules = dict(model.named_modules())
         for name in config.lora_layers or ():  # None: the bare base model (workflow.bare_model)
-            parent_name, _, child = name.rpartition(".")
             layer = BlockLoRA(modules[name], self.routes, config.rank_per_block, config.alpha,
-                              getattr(torch, config.block_dtype))
-            setattr(modules[parent_name] if parent_name else model, child, layer)
+                              getattr(torch, config.block_dtype), execution_device(modules, name))
+            modules[name].register_forward_hook(lambda module, args, out, layer=layer: layer.add_to(args[0], out))
             self.layers[name] = layer
         self._hook = (modules[config.key_layer].register_forward_hook(self._on_key_layer)
                       if encoder is None else None)

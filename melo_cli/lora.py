@@ -37,10 +37,11 @@ def is_lora_target(module: nn.Module) -> bool:
 
 
 class BlockLoRA(nn.Module):
-    """Wraps a Linear/Conv1D layer; adds the LoRA block chosen for each row by `routes`."""
+    """The LoRA blocks of one Linear/Conv1D layer: adds the block chosen for each row by `routes` to the
+    layer's output (`add_to`, run as a forward hook on the layer; `forward` for the layer alone)."""
 
     def __init__(self, base: nn.Module, routes: Routes, rank_per_block: int, alpha: float | None = None,
-                 grid: torch.dtype = torch.float32):
+                 grid: torch.dtype = torch.float32, device: torch.device | None = None):
         super().__init__()
         self.base = base
         self.routes = routes
@@ -49,7 +50,7 @@ class BlockLoRA(nn.Module):
         self.scale = lora_scale(rank_per_block, alpha)
         self.grid = grid
         """The dtype blocks are stored in: trained weights stay on its grid (`snap`), held in float32."""
-        device = base.weight.device  # LoRA is kept in float32 whatever the base dtype: it is tiny
+        device = device or base.weight.device  # LoRA is kept in float32 whatever the base dtype: it is tiny
         self.register_buffer("lora_A", torch.zeros(0, rank_per_block, self.in_features, device=device))
         self.register_buffer("lora_B", torch.zeros(0, self.out_features, rank_per_block, device=device))
         self.train_A: nn.Parameter | None = None
@@ -128,7 +129,13 @@ class BlockLoRA(nn.Module):
         return a, b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
+        """The base layer's output with the routed rows' blocks added."""
+        return self.add_to(x, self.base(x))
+
+    def add_to(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`out` (the base layer's output for input x) with each routed row's block added; as a forward hook
+        on the base layer this leaves the model's module tree as it is (what accelerate's offloading
+        hooks, keyed by the tree's names, need)."""
         scope = self.routes.active()
         if scope is None:
             return out

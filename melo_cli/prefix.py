@@ -84,13 +84,17 @@ class FrozenPrefix:
         def replay(*args, **kwargs):
             return captured
 
+        kept = [self.stack[i].__dict__.get("forward") for i in range(self.k)]  # accelerate's hooks live there
         for i in range(self.k):
             self.stack[i].forward = replay if i == self.k - 1 else identity
         try:
             yield
         finally:
             for i in range(self.k):
-                del self.stack[i].forward
+                if kept[i] is None:
+                    del self.stack[i].forward
+                else:
+                    self.stack[i].forward = kept[i]
 
 
 def frozen_prefix(model: nn.Module, lora_layers: list[str]) -> FrozenPrefix | None:

@@ -19,11 +19,12 @@ from .errors import InputError
 def shadowed(model) -> torch.Tensor | None:
     """(vocab,) bool: the tokens whose output row equals a lower token's; None for a model without an
     output layer over a vocabulary (a classifier)."""
+    from .placement import module_weight
+
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    weight = getattr(head, "weight", None)
-    if weight is None:
+    if getattr(head, "weight", None) is None:
         return None
-    rows = weight.detach()
+    rows = module_weight(model, head).detach()
     if getattr(head, "bias", None) is not None:
         rows = torch.cat([rows, head.bias.detach()[:, None]], 1)
     _, group = torch.unique(rows.float().cpu(), dim=0, return_inverse=True)
@@ -70,7 +71,9 @@ def first_miss(edited, edit) -> str | None:
         if got == want:
             continue
         tok = backbone.tokenizer
-        head = backbone.model.get_output_embeddings().weight.detach().float()
+        from .placement import module_weight
+
+        head = module_weight(backbone.model, backbone.model.get_output_embeddings()).detach().float()
         alike = float(torch.nn.functional.cosine_similarity(head[want], head[got], dim=0))
         return (f"target token {tok.convert_ids_to_tokens([want])[0]!r} loses to {tok.convert_ids_to_tokens([got])[0]!r}"
                 f", output rows {alike:.1%} alike")

@@ -32,6 +32,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from .growing import Growing
 from .radius_policies import NEGATIVE, NO_BLOCK, POLICIES, SHRINK, AddResult, auto_radius, distance  # noqa: F401
 from . import entities, subjects
 
@@ -75,18 +76,37 @@ class Router:
         bundles of format 1, the whole subject as written (whole)."""
         self.dim, self.metric, self.init_radius = dim, metric, float(init_radius)
         self.ef, self.M, self.margin = ef, M, float(margin)
-        self.centres = np.zeros((0, dim), np.float32)
-        self.radii = np.zeros(0, np.float32)
-        self.blocks = np.zeros(0, np.int64)
+        self._columns = {"centres": Growing((dim,), np.float32), "radii": Growing((), np.float32),
+                         "blocks": Growing((), np.int64), "retired": Growing((), np.bool_),
+                         "member_keys": Growing((dim,), np.float32), "member_cluster": Growing((), np.int64),
+                         "member_edit": Growing((), np.int64)}
+        self._by_edit: dict[int, list[int]] = {}
+        """Edit number -> its members (an index, so finding an edit's cluster is not a scan of all members)."""
         self.labels: list[str] = []
-        self.member_keys = np.zeros((0, dim), np.float32)
-        self.member_cluster = np.zeros(0, np.int64)
-        self.member_edit = np.zeros(0, np.int64)
         self.member_subjects: list[str | None] = []
         """The entity each member routes on (None: none); with `member_short`, its short forms."""
         self.member_short: list[tuple[str, ...]] = []
-        self.retired = np.zeros(0, np.bool_)
         self.index = self._new_index(16)
+
+    # -- the arrays: grown in place (growing.py); reading one gives its filled rows, a view ----------
+    centres = property(lambda self: self._columns["centres"].view,
+                       lambda self, rows: self._columns["centres"].assign(rows))
+    radii = property(lambda self: self._columns["radii"].view, lambda self, rows: self._columns["radii"].assign(rows))
+    blocks = property(lambda self: self._columns["blocks"].view,
+                      lambda self, rows: self._columns["blocks"].assign(rows))
+    retired = property(lambda self: self._columns["retired"].view,
+                       lambda self, rows: self._columns["retired"].assign(rows))
+    member_keys = property(lambda self: self._columns["member_keys"].view,
+                           lambda self, rows: self._columns["member_keys"].assign(rows))
+    member_cluster = property(lambda self: self._columns["member_cluster"].view,
+                              lambda self, rows: self._columns["member_cluster"].assign(rows))
+    member_edit = property(lambda self: self._columns["member_edit"].view, lambda self, rows: self._set_edits(rows))
+
+    def _set_edits(self, rows: np.ndarray) -> None:
+        self._columns["member_edit"].assign(rows)
+        self._by_edit = {}
+        for member, edit in enumerate(self.member_edit.tolist()):
+            self._by_edit.setdefault(int(edit), []).append(member)
 
     # -- the hnswlib index ------------------------------------------------------------------
     def _new_index(self, capacity: int) -> hnswlib.Index:
@@ -126,10 +146,8 @@ class Router:
 
     def _new_cluster(self, key: np.ndarray, label: str, block: int, radius: float) -> int:
         cluster = len(self)
-        self.centres = np.vstack([self.centres, key[None]])
-        self.radii = np.append(self.radii, np.float32(radius))
-        self.blocks = np.append(self.blocks, np.int64(block))
-        self.retired = np.append(self.retired, False)
+        for name, value in (("centres", key), ("radii", radius), ("blocks", block), ("retired", False)):
+            self._columns[name].append(value)
         self.labels.append(label)
         self._index_put(cluster)
         return cluster
@@ -139,9 +157,10 @@ class Router:
         name, short = (subject, ()) if subject is None or isinstance(subject, str) else subject
         self.member_subjects.append(name)
         self.member_short.append(tuple(short))
-        self.member_keys = np.vstack([self.member_keys, key[None]])
-        self.member_cluster = np.append(self.member_cluster, np.int64(cluster))
-        self.member_edit = np.append(self.member_edit, np.int64(edit))
+        self._columns["member_keys"].append(key)
+        self._columns["member_cluster"].append(cluster)
+        member = self._columns["member_edit"].append(edit)
+        self._by_edit.setdefault(int(edit), []).append(member)
 
     def add(self, key: np.ndarray, label: str, block: int, edit: int,
             subject: str | tuple[str, tuple[str, ...]] | None = None) -> AddResult:
@@ -155,17 +174,16 @@ class Router:
 
     def _retire_same_key(self, key: np.ndarray, label: str) -> tuple[int, ...]:
         """Retire the live edit members of another label whose key is this key (a correction)."""
-        live = np.flatnonzero(self.member_cluster >= 0)
-        if not len(live):
+        if not len(self.member_keys):
             return ()
-        d = distance(self.member_keys[live], key, self.metric)
-        same = [int(m) for m, dm in zip(live, d) if dm <= SAME_KEY * self.init_radius
-                and self.labels[self.member_cluster[m]] not in (label, NEGATIVE)]
+        d = distance(self.member_keys, key, self.metric)  # all members (no copy), the dead ones masked after
+        near = np.flatnonzero((d <= SAME_KEY * self.init_radius) & (self.member_cluster >= 0))
+        same = [int(m) for m in near if self.labels[self.member_cluster[m]] not in (label, NEGATIVE)]
         return tuple(int(self.member_edit[m]) for m in same if self._retire_member(m))
 
     def retire_edit(self, edit: int) -> bool:
         """Take edit `edit` out of routing (it was superseded); False if it was not a live member."""
-        members = np.flatnonzero((self.member_edit == edit) & (self.member_cluster >= 0))
+        members = [m for m in self._by_edit.get(int(edit), []) if self.member_cluster[m] >= 0]
         return any([self._retire_member(int(m)) for m in members])
 
     def _retire_member(self, member: int) -> bool:
@@ -254,13 +272,17 @@ class Router:
         numbers = sorted({int(e) for e, c in zip(self.member_edit, self.member_cluster) if c >= 0 and e >= 0})
         if not numbers:
             return {}
-        keys = np.stack([self.member_keys[self.member_edit == n][-1] for n in numbers])
+        keys = self.member_keys[[self._by_edit[n][-1] for n in numbers]]
         return dict(zip(numbers, self.route(keys, [texts[n] for n in numbers])))
 
     def cluster_of(self, edit: int) -> int | None:
         """The cluster edit `edit` is a live member of, or None (superseded, or never added)."""
-        found = np.flatnonzero((self.member_edit == edit) & (self.member_cluster >= 0))
-        return int(self.member_cluster[found[-1]]) if len(found) else None
+        found = [m for m in self._by_edit.get(int(edit), []) if self.member_cluster[m] >= 0]
+        return int(self.member_cluster[found[-1]]) if found else None
+
+    def members_of_edit(self, edit: int) -> list[int]:
+        """The member indices of edit `edit` (its key, live or retired)."""
+        return list(self._by_edit.get(int(edit), []))
 
     # -- persistence ------------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:

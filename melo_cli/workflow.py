@@ -33,6 +33,8 @@ class EditOptions:
     batch_size: int = 5
     device: str = "auto"
     dtype: str = "auto"
+    device_map: str | None = None
+    max_memory: str | dict | None = None
     skip_invalid: bool = False
     force_base: bool = False
     trust_remote_code: bool = False
@@ -52,15 +54,18 @@ def check_options(opts: EditOptions) -> None:
 
 
 def open_bundle(path: str | Path, *, base: str | None = None, device: str = "auto", dtype: str = "auto",
-                force_base: bool = False, trust_remote_code: bool = False) -> tuple[MeloModel, EditedModel]:
+                force_base: bool = False, trust_remote_code: bool = False, device_map: str | None = None,
+                max_memory: str | dict | None = None) -> tuple[MeloModel, EditedModel]:
     """A bundle applied to its base model (checked against the fingerprint): (MeloModel, its EditedModel)."""
     model = MeloModel.from_pretrained(base, bundle=path, device=device, dtype=dtype, force_base=force_base,
-                                      trust_remote_code=trust_remote_code)
+                                      trust_remote_code=trust_remote_code, device_map=device_map,
+                                      max_memory=max_memory)
     return model, model.edited
 
 
 def router_for(path: str | Path, *, base: str | None = None, device: str = "auto", dtype: str = "auto",
-               force_base: bool = False, trust_remote_code: bool = False):
+               force_base: bool = False, trust_remote_code: bool = False, device_map: str | None = None,
+               max_memory: str | dict | None = None):
     """What routing alone needs: (the bundle's router, texts -> routes). With sentence-encoder keys only
     the encoder is loaded, never the base model; with base-model keys the model runs to the key layer."""
     loaded = bundle_io.load(path)
@@ -72,7 +77,7 @@ def router_for(path: str | Path, *, base: str | None = None, device: str = "auto
         router = loaded.router
         return router, lambda texts: router.route(encoder.keys(texts).numpy().astype(np.float32), texts)
     _, edited = open_bundle(path, base=base, device=device, dtype=dtype, force_base=force_base,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code, device_map=device_map, max_memory=max_memory)
     return edited.router, edited.route
 
 
@@ -109,10 +114,12 @@ def run_edit(base: str | None, edits_path: Path, out: Path, *, continue_from: Pa
         log.info("loading base model %s", base or f"of {continue_from}")
         if continue_from is not None:
             model = MeloModel.from_pretrained(base, bundle=continue_from, device=opts.device, dtype=opts.dtype,
-                                              force_base=opts.force_base, trust_remote_code=opts.trust_remote_code)
+                                              force_base=opts.force_base, trust_remote_code=opts.trust_remote_code,
+                                              device_map=opts.device_map, max_memory=opts.max_memory)
         else:
             model = MeloModel.from_pretrained(base, config=opts.config, device=opts.device, dtype=opts.dtype,
-                                              trust_remote_code=opts.trust_remote_code)
+                                              trust_remote_code=opts.trust_remote_code, device_map=opts.device_map,
+                                              max_memory=opts.max_memory)
         summary = model.edit(new_edits, batch_size=opts.batch_size, negatives=negatives,
                              allow_partial=opts.allow_partial, on_batch=on_batch, on_plan=on_plan, source=edits_path,
                              eval_every=opts.eval_every, holdout=holdout)
@@ -140,9 +147,10 @@ def _check_layer_names(model_config, config: MeloConfig) -> None:
 
 
 def bare_model(source: str, *, task: str = "auto", device: str = "auto", dtype: str = "auto",
-               trust_remote_code: bool = False) -> EditedModel:
+               trust_remote_code: bool = False, device_map: str | None = None,
+               max_memory: str | dict | None = None) -> EditedModel:
     """The base model alone, behind the same interface as an edited one (no LoRA, no router)."""
-    backbone = backbones.load(source, task, device, dtype, trust_remote_code)
+    backbone = backbones.load(source, task, device, dtype, trust_remote_code, device_map, max_memory)
     model = backbone.model
     lora_layers = layers.default_lora_layers(model, backbone.task)
     config = MeloConfig(task=backbone.task, key_layer=layers.default_key_layer(model, lora_layers))  # no LoRA layers
