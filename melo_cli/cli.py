@@ -94,7 +94,7 @@ def edit(
     max_steps: Annotated[str, typer.Option(help="Most training steps per batch, or auto: 100, extended while "
                                                 "the loss still falls (up to 1000). Stops early when every target "
                                                 "token is the argmax and the loss is under --loss-threshold.")] = "auto",
-    loss_threshold: Annotated[float, typer.Option(help="Early-stop loss per batch.")] = 0.05,
+    loss_threshold: Annotated[float, typer.Option(help="Early-stop loss per batch.")] = 0.02,
     allow_partial: Annotated[bool, flag("--allow-partial", "Write the bundle even if some edits are not learned "
                                                            "within --max-steps (else exit 4, nothing written).")] = False,
     task: Annotated[str, typer.Option(help="auto, causal-lm, seq2seq or classification.")] = "auto",

@@ -80,7 +80,9 @@ class MeloConfig:
     max_steps: int | str = "auto"
     """Most optimizer steps per batch, or "auto": 100, extended 100 at a time (up to 1,000) while
     the loss still falls by a tenth per 100 steps and some target is not yet the argmax."""
-    loss_threshold: float = 0.05
+    loss_threshold: float = 0.02
+    """A batch stops once every target token is the argmax and the mean loss is below this: 0.02 rather than
+    0.05 gave generality 0.941 against 0.931 with one layer per block, at 0.2 more steps per batch."""
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -1,0 +1,192 @@
+"""10,000 sequential edits on SmolLM2: what grows with the number of edits, and how fast.
+
+    python benchmarks/scale.py --n 10000                       # CounterFact's 10,000 records, batches of 10
+
+One `MeloModel.edit` over all records (melo's defaults, no subject fields: the entity is found in each
+input), batches of 10, torch pinned to one thread. Measured in one run:
+- retention at 1k, 2.5k, 5k and 10k edits (teacher-forced ES and generality over every edit so far);
+- at the end, under generation: ES, generality, locality (all, and the prompts that do not restate an edit
+  of the set), and fluency on a sample of records (40 new tokens, melo_cli/fluency.py);
+- seconds per edit in the first and the last 1,000 edits (their ratio: does editing slow as the bundle grows?);
+- bundle bytes; `melo_cli.bundle.load` time (read, hash, validate, index check; median of 3);
+- memory (RSS) of the process with the base model alone and with the bundle applied;
+- generate overhead: 16 new tokens for 100 unrelated prompts with the bundle vs the bare model, interleaved,
+  median of 3 each (unrelated: locality prompts the router sends nowhere);
+- `evaluate` wall time over every live edit and rephrase (generate mode, fluency off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from melo_cli import MeloModel, bundle as bundle_io  # noqa: E402
+from melo_cli.evaluate import produces  # noqa: E402
+from melo_cli.fluency import mean_entropy, repeats  # noqa: E402
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def tf(model: MeloModel, inputs: list[str], targets: list[str], route: bool = True) -> list[bool]:
+    hits = []
+    for start in range(0, len(inputs), 32):
+        scores = model.edited.target_scores(inputs[start:start + 32], targets[start:start + 32], route=route)
+        hits += [bool(h) for h in scores.hits.tolist()]
+    return hits
+
+
+def generate(model: MeloModel, prompts: list[str], tokens: int, route: bool = True) -> list[str]:
+    out = []
+    for start in range(0, len(prompts), 25):
+        out += [p.text for p in model.edited.predict(prompts[start:start + 25], max_new_tokens=tokens, route=route)]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--n", type=int, default=10000)
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fluency-sample", type=int, default=500, help="records whose edit and rephrase are continued")
+    parser.add_argument("--tag", default=None)
+    parser.add_argument("--out", type=Path, default=common.RESULTS)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    records = common.counterfact(args.n)
+    checkpoints = sorted({c for c in (1000, 2500, 5000, 10000, args.n) if c <= args.n})
+    model = MeloModel.from_pretrained(common.model_path(args.model), device="cpu")
+    torch.set_num_threads(args.threads)
+    rss_base = rss_mb()
+    edits = [{"input": r["input"], "target": r["target"], "id": r["id"]} for r in records]
+    batch_seconds, batch_cpu, curve, scoring = [], [], [], [0.0]
+    clock = [time.process_time()]
+
+    def on_batch(report) -> None:
+        batch_seconds.append(report.seconds)
+        batch_cpu.append(time.process_time() - clock[0])  # this process's CPU time: little moved by other load
+        done = (report.batch + 1) * args.batch_size
+        if done in checkpoints:
+            started = time.perf_counter()
+            seen = records[:done]
+            point = {"edits": done, "es_tf": float(np.mean(tf(model, [r["input"] for r in seen], [r["target"] for r in seen]))),
+                     "gen_tf": float(np.mean(tf(model, [r["rephrases"][0] for r in seen], [r["target"] for r in seen]))),
+                     "seconds_so_far": round(sum(batch_seconds), 1)}
+            curve.append(point)
+            scoring[0] += time.perf_counter() - started
+            print(f"after {done} edits: {point}", file=sys.stderr, flush=True)
+        elif (report.batch + 1) % 50 == 0:
+            print(f"{done} edits, {sum(batch_seconds):.0f} s", file=sys.stderr, flush=True)
+        clock[0] = time.process_time()
+
+    started = time.perf_counter()
+    summary = model.edit(edits, batch_size=args.batch_size, on_batch=on_batch, allow_partial=True)
+    editing = time.perf_counter() - started - scoring[0]
+    per_batch = args.batch_size
+    span = 1000 // per_batch
+    first, last = batch_seconds[:span], batch_seconds[-span:]
+    result = {"edits": args.n, "unlearned": summary["unlearned_edits"], "editing_seconds": round(editing, 1),
+              "seconds_per_edit": editing / args.n, "seconds_per_edit_first_1k": sum(first) / (len(first) * per_batch),
+              "seconds_per_edit_last_1k": sum(last) / (len(last) * per_batch), "curve": curve,
+              "cpu_seconds_per_edit_first_1k": sum(batch_cpu[:span]) / (span * per_batch),
+              "cpu_seconds_per_edit_last_1k": sum(batch_cpu[-span:]) / (span * per_batch)}
+    result["cost_ratio_last_vs_first_1k"] = result["seconds_per_edit_last_1k"] / result["seconds_per_edit_first_1k"]
+    result["cpu_cost_ratio_last_vs_first_1k"] = (result["cpu_seconds_per_edit_last_1k"]
+                                                 / result["cpu_seconds_per_edit_first_1k"])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = model.save_pretrained(Path(tmp) / "bundle")
+        result["bundle_bytes"] = sum(p.stat().st_size for p in out.iterdir())
+        loads = []
+        for _ in range(3):
+            t = time.perf_counter()
+            bundle_io.load(out)
+            loads.append(time.perf_counter() - t)
+        result["bundle_load_seconds"] = statistics.median(loads)
+        del model
+        bare = MeloModel.from_pretrained(common.model_path(args.model), device="cpu")
+        rss_bare = rss_mb()
+        del bare
+        t = time.perf_counter()
+        model = MeloModel.from_pretrained(bundle=out, device="cpu")
+        result["open_seconds"] = time.perf_counter() - t
+        torch.set_num_threads(args.threads)
+        result["rss_mb_bare"], result["rss_mb_bundle"] = rss_bare, rss_mb()
+    result["rss_mb_before_editing"] = rss_base
+
+    inputs, targets = [r["input"] for r in records], [r["target"] for r in records]
+    rephrases, locality = [r["rephrases"][0] for r in records], [r["locality"] for r in records]
+    t = time.perf_counter()
+    scores = model.evaluate(mode="generate", fluency_tokens=0,
+                            edits=[{"input": r["input"], "target": r["target"], "rephrases": r["rephrases"]}
+                                   for r in records])
+    result["eval_seconds"] = time.perf_counter() - t
+    result["es_gen"], result["gen_gen"] = scores["edit_success"], scores["generality"]
+    routes = model.route(locality)
+    routed = [i for i, r in enumerate(routes) if r.routed]
+    after = generate(model, [locality[i] for i in routed], 8)
+    before = generate(model, [locality[i] for i in routed], 8, route=False)
+    kept = np.ones(len(locality), bool)
+    kept[[i for i, a, b in zip(routed, after, before) if a != b]] = False
+    unrelated = ~np.array(common.restating(records), bool)
+    result.update(loc_gen=float(kept.mean()), loc_gen_unrelated=float(kept[unrelated].mean()),
+                  restating=int((~unrelated).sum()), locality_routed=len(routed))
+
+    sample = random.Random(0).sample(range(len(records)), min(args.fluency_sample, len(records)))
+    prompts = [inputs[i] for i in sample] + [rephrases[i] for i in sample]
+    goals = [targets[i] for i in sample] * 2
+    texts, bare_texts = generate(model, prompts, 40), generate(model, prompts, 40, route=False)
+    hit = [i for i, (text, goal) in enumerate(zip(texts, goals)) if produces(text, goal)]
+    result["fluency"] = {"sample_records": len(sample), "continuations": len(prompts), "start_with_target": len(hit),
+                         "repeats": sum(repeats(texts[i], goals[i]) for i in hit),
+                         "entropy_ratio": mean_entropy([texts[i] for i in hit]) / mean_entropy([bare_texts[i] for i in hit])}
+
+    unrelated_prompts = [locality[i] for i in range(len(locality)) if i not in set(routed)][:100]
+    timings = {True: [], False: []}
+    for _ in range(3):
+        for route in (False, True):
+            t = time.perf_counter()
+            generate(model, unrelated_prompts, 16, route=route)
+            timings[route].append(time.perf_counter() - t)
+    result["generate_overhead_unrelated"] = statistics.median(timings[True]) / statistics.median(timings[False])
+
+    env = common.environment("cpu")
+    env["threads"] = args.threads
+    rows = [["edits", args.n], ["ES (generate)", result["es_gen"]], ["generality (generate)", result["gen_gen"]],
+            ["locality (generate)", result["loc_gen"]], ["locality, unrelated", result["loc_gen_unrelated"]],
+            ["fluency: entropy edited / bare (sample)", result["fluency"]["entropy_ratio"]],
+            ["fluency: repeated targets", result["fluency"]["repeats"]],
+            ["seconds per edit (all)", result["seconds_per_edit"]],
+            ["seconds per edit, last 1k / first 1k (wall)", result["cost_ratio_last_vs_first_1k"]],
+            ["CPU seconds per edit, last 1k / first 1k (this process)", result["cpu_cost_ratio_last_vs_first_1k"]],
+            ["bundle MB", result["bundle_bytes"] / 1e6], ["bundle load s (median of 3)", result["bundle_load_seconds"]],
+            ["RSS MB, bare model / with the bundle", f"{result['rss_mb_bare']:.0f} / {result['rss_mb_bundle']:.0f}"],
+            ["generate overhead, unrelated prompts", result["generate_overhead_unrelated"]],
+            ["eval seconds (generate mode, every edit and rephrase)", result["eval_seconds"]]]
+    markdown = (f"{args.n} sequential CounterFact edits on {args.model}, batches of {args.batch_size}, melo's defaults "
+                f"without subject fields, {args.threads} torch thread(s).\n\n" + common.table(["measure", "value"], rows)
+                + "\n\nRetention (teacher-forced, every edit so far):\n\n"
+                + common.table(["edits", "ES tf", "generality tf", "editing s so far"],
+                               [[p["edits"], p["es_tf"], p["gen_tf"], p["seconds_so_far"]] for p in curve]))
+    common.write("scale", args.tag or f"{args.model}-n{args.n}", env, {"results": result}, markdown, args.out)
+
+
+if __name__ == "__main__":
+    main()
