@@ -50,7 +50,7 @@ def restating(records: list[dict]) -> list[bool]:
     -> IBM). No editor that generalises can keep such a prompt's old answer; CounterFact at T=1000
     has 11 of them (benchmarks/NOTES.md)."""
     from melo_cli.edits import normalise_input
-    from melo_cli.subjects import gate_name, names
+    from melo_cli.router.subjects import gate_name, names
 
     asked = {normalise_input(t) for r in records for t in [r["input"], *r["rephrases"]]}
     edited = [(gate_name(r["input"], r["subject"]), str(r.get("ground_truth", "")).strip().casefold())

@@ -26,8 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from melo_cli import MeloConfig, backbones, bases, evaluate, training  # noqa: E402
-from melo_cli.edited_model import EditedModel  # noqa: E402
+from melo_cli import MeloConfig, training
+from melo_cli.model import backbones
+from melo_cli.model import bases
+from melo_cli.eval import report as evaluate  # noqa: E402
+from melo_cli.model.edited_model import EditedModel  # noqa: E402
 from melo_cli.edits import Edit, Holdout  # noqa: E402
 
 REGIMES = {
@@ -47,7 +50,7 @@ def _sync(device: torch.device) -> None:
 def run_regime(model: str, settings: dict, split: bool, edits: list[Edit], batch_size: int, device: str,
                dtype: str) -> tuple:
     backbone = backbones.load(model, device=device, dtype=dtype)
-    config = bases.resolve_config(backbone, MeloConfig(**settings))
+    config = bases.resolve_config(backbone.model, backbone.task, MeloConfig(**settings))
     edited = EditedModel(backbone, config, None, bases.load_encoder(config, backbone.device, None, False))
     groups = [list(range(i, min(i + batch_size, len(edits)))) for i in range(0, len(edits), batch_size)]
     _sync(backbone.device)

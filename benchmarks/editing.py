@@ -10,7 +10,7 @@ Editors: melo (the defaults of `melo edit`, run through the Python API: MiniLM k
 also learns generic contexts), melo-paper (the MELO paper's layout: base-model keys, the split rule, a
 block per batch), grace-style, lora-ft. Models come from benchmarks/models.py (the package registry).
 
-Metrics (see melo_cli/evaluate.py for the definitions): edit success (ES) on the edits, generality on
+Metrics (see melo_cli/eval/metrics.py for the definitions): edit success (ES) on the edits, generality on
 CounterFact's rephrase_prompt, locality on its locality_prompt (output identical to the unedited
 model), each teacher-forced (TF) and under greedy generation (gen); wall seconds per edit, training
 steps per batch, trainable parameters and saved bytes per edit. Rephrases and locality prompts are
@@ -38,9 +38,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from melo_cli import MeloConfig, MeloModel, backbones, layers, prefix, tasks  # noqa: E402
-from melo_cli.edited_model import EditedModel  # noqa: E402
-from melo_cli.evaluate import produces  # noqa: E402
+from melo_cli import MeloConfig, MeloModel, tasks
+from melo_cli.model import backbones
+from melo_cli.model import layers
+from melo_cli.model import prefix  # noqa: E402
+from melo_cli.model.edited_model import EditedModel  # noqa: E402
+from melo_cli.eval.metrics import produces  # noqa: E402
 from melo_cli.router import auto_radius  # noqa: E402
 
 MAX_STEPS, LOSS_THRESHOLD = 100, 0.05
@@ -74,7 +77,7 @@ def train_until_done(params, loss_and_hits, lr: float) -> int:
 
 def scored_steps(backbone, enc, trained_layers: list[str], forward):
     """loss_and_hits for a baseline, with melo's own exact cost work: the frozen blocks below
-    `trained_layers` run once per batch (melo_cli/prefix.py, checked bit for bit against a full pass)
+    `trained_layers` run once per batch (melo_cli/model/prefix.py, checked bit for bit against a full pass)
     and the head computes logits only where targets are scored. A baseline's seconds per edit then
     measure its method, not work melo skips. forward(model inputs) -> logits."""
     model_inputs, targets, aligned = tasks.narrowed(backbone, enc)
@@ -158,7 +161,7 @@ class LoraFinetune:
         self.params = [p for layer in self.edited.layers.values() for p in layer.start_block(0, generator)]
 
     def _on(self, n: int):
-        return self.edited.routes.fixed(torch.zeros(n, dtype=torch.long, device=self.backbone.device))
+        return self.edited.with_blocks(torch.zeros(n, dtype=torch.long, device=self.backbone.device))
 
     def edit(self, batch: list[dict]) -> int:
         enc = tasks.encode(self.backbone, [e["input"] for e in batch], [e["target"] for e in batch]).to(self.backbone.device)
@@ -369,9 +372,9 @@ def gen_texts(ed, inputs, n, targets=None):
 
 def fluency(ed, records, base_texts: dict, tokens: list[int]) -> dict:
     """Continuations of every edit and rephrase, `tokens` new tokens each: the share that start with the
-    target, the share that stutter it (melo_cli/fluency.py), and the n-gram entropy against the bare
+    target, the share that stutter it (melo_cli/eval/fluency.py), and the n-gram entropy against the bare
     model's on the same prompts; for melo also over the routed rows only."""
-    from melo_cli.fluency import mean_entropy, repeats
+    from melo_cli.eval.fluency import mean_entropy, repeats
 
     prompts = [r["input"] for r in records] + [r["rephrases"][0] for r in records]
     targets = [r["target"] for r in records] * 2
@@ -512,7 +515,7 @@ def write_results(args, env: dict, results: dict) -> None:
                 + common.table(["editor", "edits", "ES tf", "gen tf", "loc tf"], curve_rows)
                 + ("\n\nFluency: greedy continuations of every edit and rephrase (melo: with the handoff), n-gram "
                    "entropy against the bare model's on the same prompts; 'repeats': the target given twice in a row "
-                   "(melo_cli/fluency.py); 'routed': the same over the rows melo routed to a block.\n\n"
+                   "(melo_cli/eval/fluency.py); 'routed': the same over the rows melo routed to a block.\n\n"
                    + common.table(["editor", "new tokens", "start with target", "repeats", "entropy", "bare entropy",
                                    "ratio", "routed", "routed: start", "routed: repeats", "routed: ratio"],
                                   fluency_rows) if fluency_rows else ""))

@@ -15,11 +15,11 @@ A routed rephrase still needs its block to answer (benchmarks/editing.py measure
 Ideas:
 - none: no entity check (the sentence key alone);
 - subject, whole name: the given subject fields, matched as whole names (melo before format 2);
-- subject, name forms: the given subjects, matched as people write names (melo_cli/entities.py);
+- subject, name forms: the given subjects, matched as people write names (melo_cli/router/entities.py);
 - found, orthography: the entity found in each edit's input, every capitalised word that starts a
   sentence taken as a name (no model);
 - found, base-model casing: the same, the base model deciding which capitalised words are names
-  (melo_cli/casing.py) -- melo's default (entities=auto) without subject fields;
+  (melo_cli/model/casing.py) -- melo's default (entities=auto) without subject fields;
 - found + subject: the default with the subject fields given;
 - swapped negatives: no entity check, but each edit's input with its found entity swapped for another
   edit's entity enters the router as a negative (the same relation about another entity).
@@ -40,7 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from melo_cli import MeloModel, casing, training  # noqa: E402
+from melo_cli import MeloModel, training
+from melo_cli.model import casing  # noqa: E402
 from melo_cli.edits import Edit  # noqa: E402
 
 IDEAS = ["none", "subject, whole name", "subject, name forms", "found, orthography", "found, base-model casing",

@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     args = parser.parse_args()
     model = common.model_path(args.model)
-    from melo_cli import backbones
+    from melo_cli.model import backbones
     folder, _ = backbones.readable_source(model)  # the converted folder, for a checkout without GGUF
     records = common.counterfact(args.n)
     tmp = Path(tempfile.mkdtemp())

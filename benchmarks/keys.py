@@ -30,8 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from melo_cli import backbones, tasks  # noqa: E402
-from melo_cli.keys import SentenceEncoder, pool  # noqa: E402
+from melo_cli import tasks
+from melo_cli.model import backbones  # noqa: E402
+from melo_cli.model.keys import SentenceEncoder, pool  # noqa: E402
 from melo_cli.router import Router, auto_radius  # noqa: E402
 
 

@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from melo_cli import MeloModel, backbones, tasks  # noqa: E402
+from melo_cli import MeloModel, tasks
+from melo_cli.model import backbones  # noqa: E402
 
 
 def timed(fn) -> float:

@@ -24,7 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from melo_cli import MeloModel, workflow  # noqa: E402
+from melo_cli import MeloModel
+from melo_cli.jobs.open import router_for  # noqa: E402
+from melo_cli.options import Loading  # noqa: E402
 
 
 def timed(fn):
@@ -56,7 +58,7 @@ def main() -> None:
         del model
         reps = []
         for _ in range(args.reps):
-            (_, route_texts), open_route = timed(lambda: workflow.router_for(bundle, device="cpu"))
+            (_, route_texts), open_route = timed(lambda: router_for(bundle, None, Loading(device="cpu")))
             routes, route_s = timed(lambda: route_texts(prompts))
             full, open_full = timed(lambda: MeloModel.from_pretrained(bundle=bundle, device="cpu"))
             texts, generate_s = timed(lambda: full.generate(prompts, max_new_tokens=20))

@@ -6,7 +6,7 @@ One `MeloModel.edit` over all records (melo's defaults, no subject fields: the e
 input), batches of 10, torch pinned to one thread. Measured in one run:
 - retention at 1k, 2.5k, 5k and 10k edits (teacher-forced ES and generality over every edit so far);
 - at the end, under generation: ES, generality, locality (all, and the prompts that do not restate an edit
-  of the set), and fluency on a sample of records (40 new tokens, melo_cli/fluency.py);
+  of the set), and fluency on a sample of records (40 new tokens, melo_cli/eval/fluency.py);
 - seconds per edit in the first and the last 1,000 edits (their ratio: does editing slow as the bundle grows?);
 - bundle bytes; `melo_cli.bundle.load` time (read, hash, validate, index check; median of 3);
 - memory (RSS) of the process with the base model alone and with the bundle applied;
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from melo_cli import MeloModel, bundle as bundle_io  # noqa: E402
-from melo_cli.evaluate import produces  # noqa: E402
-from melo_cli.fluency import mean_entropy, repeats  # noqa: E402
+from melo_cli.eval.metrics import produces  # noqa: E402
+from melo_cli.eval.fluency import mean_entropy, repeats  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -15,19 +15,21 @@ argument, e.g. `edits: record 2: field 'target'`), the same bundle on disk.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import backbones, bases, bundle as bundle_io, evaluate, lengths, producible, training
-from .config import MeloConfig
-from .edited_model import EditedModel, Prediction
-from .edits import Edit, Holdout, auto_id, batches, parse_edit, parse_holdout, record_is_live
-from .errors import BundleError, InputError, Unlearned
-from .router import Route
+from melo_cli import bundle as bundle_io, clock, inputs, training
+from melo_cli.config import MeloConfig, default_of
+from melo_cli.edits import Edit, Holdout, auto_id, batches
+from melo_cli.errors import BundleError, InputError, Unlearned
+from melo_cli.eval import history as retention, metrics, report
+from melo_cli.model import backbones, bases, lengths, producible
+from melo_cli.model.edited_model import EditedModel, Prediction
+from melo_cli.options import EditOptions
+from melo_cli.router.vocabulary import Route
 
 log = logging.getLogger("melo")
 
@@ -36,14 +38,13 @@ class MeloModel:
     """A base model, its LoRA blocks and router, and the edits they hold (the contents of a bundle)."""
 
     def __init__(self, edited: EditedModel, base: dict, *, edits: list[Edit] | None = None,
-                 records: list[dict] | None = None, batches_done: int = 0, history: list[dict] | None = None,
-                 key_encoder: dict | None = None):
+                 batches_done: int = 0, history: list[dict] | None = None, key_encoder: dict | None = None):
         self.edited = edited
         self.base = base
         """The manifest's record of the base model (name, path, fingerprint, dtype, GGUF file)."""
         self.edits: list[Edit] = list(edits or [])
-        """Every edit made so far, in order (a superseded one keeps its place, marked)."""
-        self.records: list[dict] = list(records or [])
+        """Every edit made so far, in order (a superseded or forgotten one keeps its place, marked): what
+        the bundle's edits.jsonl holds, one Edit per record."""
         self.batches_done = batches_done
         self.history: list[dict] = list(history or [])
         self.key_encoder = key_encoder
@@ -60,7 +61,7 @@ class MeloModel:
         names of `melo edit`'s options (rank_per_block=4, key_source="base", task="seq2seq", ...);
         what they leave open is chosen from the model. With a bundle, its own settings hold and
         `base` only says where its base model is now. `device_map` ("auto") and `max_memory` ({0: "20GiB",
-        "cpu": "8GiB"} or "0=20GiB,cpu=8GiB") spread a base too large for one device (melo_cli/placement.py).
+        "cpu": "8GiB"} or "0=20GiB,cpu=8GiB") spread a base too large for one device (melo_cli/model/placement.py).
         """
         placed = {"device_map": device_map, "max_memory": max_memory}
         if bundle is not None:
@@ -70,12 +71,13 @@ class MeloModel:
         if base is None:
             raise InputError("no base model: name one as `base`, or give a `bundle`")
         if config is None:
-            config = make_config(**settings)
+            config = inputs.make_config(**settings)
         elif settings:
             raise InputError("pass the settings in `config` or as keywords, not both")
         backbone = backbones.load(str(base), config.task, device, dtype, trust_remote_code, **placed)
         info = bases.base_info(backbone, dtype)  # before LoRA is attached
-        config = bases.resolve_config(backbone, config)
+        config = bases.resolve_config(backbone.model, backbone.task, config) if config.unresolved else config
+        bases.check_layers(backbone, config)
         encoder = bases.load_encoder(config, backbone.device, None, False, trust_remote_code)
         key_encoder = ({"name": config.key_encoder, "fingerprint": backbones.fingerprint(encoder.model)}
                        if encoder is not None else None)
@@ -90,16 +92,17 @@ class MeloModel:
         if dtype == "auto":
             dtype = loaded.base.get("dtype", "auto")
         backbone = backbones.load(source, loaded.config.task, device, dtype, trust_remote_code, **placed)
-        bases.check_base(backbone, loaded.manifest, force_base)
-        bases.check_bundle_layers(backbone, loaded.config, bundle)
-        encoder = bases.load_encoder(loaded.config, backbone.device, loaded.manifest, force_base, trust_remote_code)
+        bases.check_base(backbone, loaded.base, force_base)
+        bases.check_layers(backbone, loaded.config, bundle)
+        encoder = bases.load_encoder(loaded.config, backbone.device, loaded.manifest.key_encoder or {}, force_base,
+                                     trust_remote_code)
         edited = EditedModel(backbone, loaded.config, loaded.router, encoder)
         try:
             edited.load_lora_state(loaded.lora)
         except (KeyError, ValueError) as exc:
             raise BundleError(f"{bundle / bundle_io.LORA}: does not fit the model: {exc}") from None
-        return cls(edited, loaded.base, edits=loaded.edits, records=[dict(r) for r in loaded.records],
-                   batches_done=loaded.manifest.counts["batches"], history=loaded.history,
+        return cls(edited, loaded.base, edits=loaded.edits, batches_done=loaded.manifest.counts["batches"],
+                   history=loaded.history,
                    key_encoder=loaded.manifest.key_encoder)
 
     @property
@@ -121,8 +124,9 @@ class MeloModel:
         return [e for e in self.edits if e.live]
 
     # -- editing ------------------------------------------------------------------------------
-    def edit(self, edits: Iterable[Edit | dict], *, batch_size: int = 5, negatives: Iterable[str] = (),
-             allow_partial: bool = False, on_batch: Callable[[training.BatchReport], None] | None = None,
+    def edit(self, edits: Iterable[Edit | dict], *, batch_size: int = default_of(EditOptions, "batch_size"),
+             negatives: Iterable[str] = (), allow_partial: bool = False,
+             on_batch: Callable[[training.BatchReport], None] | None = None,
              on_plan: Callable[[int], None] | None = None, eval_every: int = 0,
              holdout: Iterable[Holdout | dict | str] = (), source: Path | None = None) -> dict:
         """Train edits (Edit objects or dicts with input, target and optional rephrases, subject, id),
@@ -134,20 +138,17 @@ class MeloModel:
         `on_batch` each batch's report; `source` names the file the edits came from, for messages.
         Returns a summary dict."""
         started = time.perf_counter()
-        new = self._with_ids(training.sort_new_edits(as_edits(edits, "edits"), self.live_edits, source))
+        new = self._with_ids(training.sort_new_edits(inputs.as_edits(edits, "edits"), self.live_edits, source))
         groups = batches(new, batch_size)
-        training.check_targets(self.model.config, new, source, self.config.task)  # classifiers: labels exist
-        check_subjects(new, source)
-        negatives, kept = list(negatives), as_holdout(holdout)
-        lengths.check_edits(self.edited.backbone, new, source)  # before any step: one line, not an IndexError
-        producible.check_edits(self.edited.backbone, new, source)
-        lengths.check_holdout(self.edited.backbone, kept)
+        negatives, kept = list(negatives), inputs.as_holdout(holdout)
+        inputs.check_edits(self.edited.backbone, new, kept, source, self.config.task)  # before any step
         if on_plan is not None:
             on_plan(len(groups))
         log.info("training %d edits in %d batches", len(new), len(groups))
         snapshot = self._snapshot()
         history: list[dict] = []
-        recorder = self._history_recorder(new, groups, kept, history, eval_every, started, on_batch)
+        recorder = retention.recorder(self.edited, self.live_edits, new, groups, kept, history, eval_every, started,
+                                      self.batches_done, on_batch)
         result = training.run(self.edited, self.edits, new, groups, recorder, negatives) if new else \
             training.RunResult([], [])
         all_edits = self.edits + new
@@ -157,14 +158,14 @@ class MeloModel:
         except Unlearned:
             self._restore(snapshot)
             raise
-        self._record(new, groups, result, all_edits)
+        self._record(new, groups, result)
         self.history += history
         lost = result.unreachable
         if lost:
             log.warning("%d edit(s) do not route to a cluster of their target: %s", len(lost),
                         ", ".join(str(n) for n in lost[:10]))
         reports = result.reports
-        return {"edits": len(new), "total_edits": len(self.records), "live_edits": len(self.live_edits),
+        return {"edits": len(new), "total_edits": len(self.edits), "live_edits": len(self.live_edits),
                 "superseded": len(result.superseded), "batches": len(groups), "clusters": len(self.edited.router or []),
                 "negatives": len(negatives), "blocks": self.edited.n_blocks,
                 "init_radius": self.config.init_radius, "steps_per_batch": [r.steps for r in reports],
@@ -183,28 +184,6 @@ class MeloModel:
             out.append(edit)
         return out
 
-    def _history_recorder(self, new: list[Edit], groups: list[list[int]], holdout: list[Holdout], rows: list[dict],
-                          every: int, started: float, on_batch: Callable | None) -> Callable[[training.BatchReport], None]:
-        """An on_batch callback that appends a retention row every `every` batches (teacher-forced)."""
-        old = self.live_edits
-
-        def record(report: training.BatchReport) -> None:
-            if on_batch is not None:
-                on_batch(report)
-            if not every or (report.batch + 1) % every:
-                return
-            current = [new[p] for p in groups[report.batch]]
-            earlier = old + [new[p] for g in groups[:report.batch] for p in g]
-            row = {"batches": self.batches_done + report.batch + 1, "edits": len(earlier) + len(current),
-                   "edit_success": evaluate.success(self.edited, current),
-                   "retention": evaluate.success(self.edited, earlier),
-                   "locality": evaluate.locality(self.edited, holdout)[0] if holdout else None,
-                   "seconds": round(time.perf_counter() - started, 3)}
-            rows.append(row)
-            log.info("history: %s", row)
-
-        return record
-
     def _snapshot(self) -> dict:
         """What an edit call changes, to put back when it is refused (Unlearned)."""
         import copy
@@ -217,23 +196,24 @@ class MeloModel:
         self.edited.router = snapshot["router"]
         self.edited.config = snapshot["config"]
 
-    def _record(self, new: list[Edit], groups: list[list[int]], result: training.RunResult, all_edits: list[Edit]) -> None:
+    def _record(self, new: list[Edit], groups: list[list[int]], result: training.RunResult) -> None:
+        """The new edits as the bundle keeps them (batch, block, entity), the edits they supersede marked."""
         offset = len(self.edits)
         batch_of = {p: (report.batch, report.edit_blocks.get(offset + p, report.block))
                     for report, group in zip(result.reports, groups) for p in group}
-        for position, edit in enumerate(new):  # in edit-number order: record n is edit n
+        kept = []
+        for position, edit in enumerate(new):  # in edit-number order: edit n is line n of edits.jsonl
             batch, block = batch_of[position]
-            entity = result.entities.get(offset + position)
-            routes_on = {"entity": entity[0], "entity_short": list(entity[1])} if entity is not None else {}
-            self.records.append(edit.to_json(batch=edit.batch if edit.batch is not None
-                                             else str(self.batches_done + batch + 1), block=block, **routes_on))
-        now = _now()
+            name, short = result.entities.get(offset + position) or (None, ())
+            kept.append(replace(edit, batch=edit.batch if edit.batch is not None else str(self.batches_done + batch + 1),
+                                block=block, entity=name, entity_short=tuple(short)))
+        edits = self.edits + kept
+        now = clock.now()
         for old, by in result.superseded.items():
-            self.records[old]["superseded"] = {"by": by, "by_id": all_edits[by].id, "at": now}
-            log.info("edit %s (%r -> %r) is superseded by %s (-> %r)", all_edits[old].id, all_edits[old].input,
-                     all_edits[old].target, all_edits[by].id, all_edits[by].target)
-        self.edits = [Edit(**{**{f.name: getattr(e, f.name) for f in fields(Edit)},
-                              "superseded": self.records[n].get("superseded")}) for n, e in enumerate(all_edits)]
+            edits[old] = replace(edits[old], superseded={"by": by, "by_id": edits[by].id, "at": now})
+            log.info("edit %s (%r -> %r) is superseded by %s (-> %r)", edits[old].id, edits[old].input,
+                     edits[old].target, edits[by].id, edits[by].target)
+        self.edits = edits
         self.batches_done += len(groups)
 
     # -- running ------------------------------------------------------------------------------
@@ -245,9 +225,9 @@ class MeloModel:
         tokenizer's chat template (after an optional `system` turn), while the router still sees the
         prompt as written. A routed prompt's block gives its target, then the base model continues
         (`handoff`; False keeps the block on for every token). Generation stops at EOS."""
-        from .generation import Decoding
+        from melo_cli.model.generation import Decoding
 
-        _check_prompts(prompts)
+        inputs.check_prompts(prompts)
         if max_new_tokens < 1:
             raise InputError(f"expected a whole number >= 1, got {max_new_tokens}", field="max_new_tokens")
         decoding = Decoding(temperature, top_p, seed, chat, system, handoff)
@@ -259,22 +239,26 @@ class MeloModel:
 
     def route(self, prompts: list[str]) -> list[Route]:
         """Where each prompt goes (cluster, distance, block), without running the model past the keys."""
-        _check_prompts(prompts)
+        inputs.check_prompts(prompts)
         return self.edited.route(list(prompts))
 
     def evaluate(self, edits: Iterable[Edit | dict] | None = None, holdout: Iterable[Holdout | dict | str] = (),
-                 mode: str = "generate", batch_size: int = 32, fluency_tokens: int = 40) -> dict:
-        """Edit success, generality, locality (and the rest of `melo eval`) on these edits (default:
-        the live edits this model holds) and holdout inputs."""
-        modes = ["teacher-forced", "generate"] if mode == "both" else [mode]
-        if any(m not in evaluate.MODES for m in modes):
-            raise InputError(f"{mode!r}: choose teacher-forced, generate or both", field="mode")
-        scored = self.live_edits if edits is None else evaluate.live_only(as_edits(edits, "edits"), self.edits)
-        kept = as_holdout(holdout)
-        lengths.check_edits(self.edited.backbone, scored, None)
+                 mode: str = "generate", batch_size: int = 32, fluency_tokens: int = report.FLUENCY_TOKENS, *,
+                 source: Path | None = None, on_plan: Callable[[int], None] | None = None,
+                 advance: Callable[[int], None] | None = None) -> dict:
+        """Edit success, generality, locality, fluency (and the rest of `melo eval`) on these edits
+        (default: the live edits this model holds; a superseded or forgotten one is not scored) and holdout
+        inputs. `on_plan` hears how many inputs will run and `advance` each step; `source` names where the
+        edits came from, for messages."""
+        modes = report.modes_of(mode)
+        scored = self.live_edits if edits is None else metrics.live_only(inputs.as_edits(edits, "edits"), self.edits)
+        kept = inputs.as_holdout(holdout)
+        lengths.check_edits(self.edited.backbone, scored, source)
         lengths.check_holdout(self.edited.backbone, kept)
-        return evaluate.evaluate(self.edited, scored, kept, modes, batch_size, bundle_edits=self.edits,
-                                 fluency_tokens=fluency_tokens)
+        if on_plan is not None:
+            on_plan(report.work(scored, kept, modes, fluency_tokens))
+        return report.evaluate(self.edited, scored, kept, modes, batch_size, advance or (lambda n: None),
+                               bundle_edits=self.edits, fluency_tokens=fluency_tokens)
 
     # -- saving -------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -283,54 +267,7 @@ class MeloModel:
         out = bundle_io.output_for(out, overwrite)
         if self.edited.router is None:
             raise InputError("no edits yet: edit before saving", field="path")
-        counts = {"edits": len(self.records), "live_edits": sum(map(record_is_live, self.records)),
-                  "batches": self.batches_done, "blocks": self.edited.n_blocks, "clusters": len(self.edited.router)}
-        extra = {bundle_io.HISTORY: "".join(json.dumps(r) + "\n" for r in self.history)} if self.history else None
         bundle_io.write(out, config=self.config, lora=self.edited.lora_state(), router=self.edited.router,
-                        records=self.records, base=self.base, counts=counts, extra_files=extra,
+                        edits=self.edits, base=self.base, batches=self.batches_done, history=self.history,
                         key_encoder=self.key_encoder)
         return Path(path)
-
-
-def make_config(**settings) -> MeloConfig:
-    """MeloConfig from keyword settings; an unknown name is an InputError naming it (and the known ones)."""
-    known = {f.name for f in fields(MeloConfig)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise InputError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return MeloConfig(**settings)
-
-
-def as_edits(items: Iterable[Edit | dict], argument: str) -> list[Edit]:
-    """Edits from Edit objects or dicts (read like the lines of an edits file)."""
-    out = []
-    for number, item in enumerate(items, 1):
-        out.append(item if isinstance(item, Edit) else parse_edit(item, {"file": argument, "record": number}))
-    return out
-
-
-def as_holdout(items: Iterable[Holdout | dict | str]) -> list[Holdout]:
-    """Holdout inputs from Holdout objects, strings, or dicts (read like the lines of a holdout file)."""
-    return [h if isinstance(h, Holdout) else Holdout(h) if isinstance(h, str) else
-            parse_holdout(h, {"file": "holdout", "record": i}) for i, h in enumerate(items, 1)]
-
-
-def check_subjects(edits: list[Edit], source) -> None:
-    """A given subject must be named by its edit's own input (entities.subject_problem): else the edit
-    could never apply, and it was accepted with only a warning about routing."""
-    from .entities import subject_problem
-
-    for edit in edits:
-        problem = edit.subject and subject_problem(edit.input, edit.subject)
-        if problem:
-            raise InputError(f"{edit.subject!r} {problem}", field="subject", **edit.where(source))
-
-
-def _check_prompts(prompts) -> None:
-    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-        raise InputError("expected a list of strings", field="prompts")
-
-
-def _now() -> str:
-    import datetime as dt
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()

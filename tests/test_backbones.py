@@ -10,8 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import CLASS_LABELS, SAMPLES, fit_classifier_head, load_edits
 from helpers import json_lines, melo, write_jsonl
-from melo_cli import workflow
-from melo_cli.edits import read_edits, read_holdout
+from melo_cli import MeloModel
 
 
 def inspect_model(path):
@@ -40,7 +39,7 @@ def test_bert_family_layer_choice_from_structure(tmp_path):
                                                                             hidden_dim=32)),
     }.items():
         model.save_pretrained(tmp_path / name)
-    from melo_cli import layers
+    from melo_cli.model import layers
     from transformers import AutoModelForSequenceClassification
     expect = {"bert": ["bert.encoder.layer.{i}.intermediate.dense", "bert.encoder.layer.{i}.output.dense"],
               "roberta": ["roberta.encoder.layer.{i}.intermediate.dense", "roberta.encoder.layer.{i}.output.dense"],
@@ -80,7 +79,7 @@ def _sequential(model, edits_file, tmp_path, options):
 
 
 def _assert_exact_base_outside(bundle, model_path, auto_class, edits, holdout):
-    _, edited = workflow.open_bundle(bundle, device="cpu")
+    edited = MeloModel.from_pretrained(bundle=bundle, device="cpu").edited
     base = auto_class.from_pretrained(model_path).eval()
     mixed = [item for pair in zip(edits[:4], holdout[:4]) for item in pair]
     enc, logits, routes = edited.teacher_forced([m["input"] for m in mixed], [m["target"] for m in mixed])

@@ -206,7 +206,7 @@ def test_a_folder_with_pickled_weights_only_is_refused_in_melos_words(llama_path
                                             (["--key-layer", "lm_head"], "--key-layer"),  # after every LoRA layer
                                             (["--key-layer", "model.norm"], "--key-layer")])
 def test_layer_names_are_checked_before_the_weights_load(llama_path, tmp_path, monkeypatch, options, named):
-    from melo_cli import backbones
+    from melo_cli.model import backbones
 
     def no_weights(*args, **kwargs):
         raise AssertionError("the weights were loaded before the layer names were checked")

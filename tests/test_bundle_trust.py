@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import SAMPLES
 from helpers import melo, write_jsonl, json_lines
 from melo_cli import bundle as bundle_io
 from melo_cli.errors import BundleError
@@ -116,11 +115,11 @@ def test_not_a_bundle(tmp_path):
 
 
 def test_a_manifest_with_invalid_settings_is_refused_in_one_line(good_bundle, tmp_path):
-    """The manifest is typed (melo_cli/manifest.py): wrong types or values are a BundleError naming the
+    """The manifest is typed (melo_cli/bundle/manifest.py): wrong types or values are a BundleError naming the
     field, never a traceback or a model run with garbage settings."""
     from melo_cli.config import MeloConfig
-    from melo_cli.keys import POOLINGS
-    from melo_cli.manifest import Manifest
+    from melo_cli.config import POOLINGS
+    from melo_cli.bundle.manifest import Manifest
 
     assert tuple(POOLINGS) == ("mean", "last")  # config.problems spells them out (keys.py imports torch)
     cases = {"metric": ("config", "metric", "manhattan"), "rank": ("config", "rank_per_block", -4),
@@ -141,7 +140,7 @@ def test_a_manifest_with_invalid_settings_is_refused_in_one_line(good_bundle, tm
     assert Manifest.from_yaml(loaded.to_yaml(), good_bundle).to_dict() == loaded.to_dict()  # round trip
 
 
-# -- forged bundles (hashes recomputed): every array is validated on load (melo_cli/validate.py) --------
+# -- forged bundles (hashes recomputed): every array is validated on load (melo_cli/bundle/validate.py) --------
 def _reseal(bundle) -> None:
     """Recompute the manifest's sha256 list, as a forger would."""
     manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())

@@ -13,7 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from conftest import SAMPLES, load_edits
 from helpers import json_lines, melo, tree_digest, write_jsonl
-from melo_cli import workflow
+from melo_cli import MeloModel
+from melo_cli.jobs.edit import run_edit
+from melo_cli.options import EditOptions, Loading
 
 EDITS = SAMPLES / "counterfact-20.jsonl"
 HOLDOUT = SAMPLES / "counterfact-holdout.jsonl"
@@ -82,7 +84,7 @@ def test_rows_outside_every_radius_are_exactly_the_base_model(llama_bundle, llam
     from transformers import AutoModelForCausalLM
 
     out, _ = llama_bundle
-    _, edited = workflow.open_bundle(out, device="cpu")
+    edited = MeloModel.from_pretrained(bundle=out, device="cpu").edited
     base = AutoModelForCausalLM.from_pretrained(llama_path).eval()
     edits, holdout = load_edits("counterfact-20.jsonl", 6), load_edits("counterfact-holdout.jsonl", 6)
     mixed = [item for pair in zip(edits, holdout) for item in pair]  # routed and unrouted rows in one batch
@@ -123,8 +125,8 @@ def test_sequential_edits_keep_old_blocks_and_leave_the_old_bundle_alone(llama_p
 
 def test_a_bundle_reloaded_in_a_fresh_process_gives_the_writers_outputs(llama_path, tmp_path):
     out = tmp_path / "bundle"
-    result = workflow.run_edit(str(llama_path), EDITS, out, continue_from=None,
-                               opts=workflow.EditOptions(batch_size=5, device="cpu"))
+    result = run_edit(str(llama_path), EDITS, out, continue_from=None,
+                               opts=EditOptions(batch_size=5, loading=Loading(device="cpu")))
     items = load_edits("counterfact-20.jsonl") + load_edits("counterfact-holdout.jsonl", 10)
     inputs, targets = [i["input"] for i in items], [i["target"] for i in items]
     _, logits, routes = result.edited.teacher_forced(inputs, targets)
@@ -133,9 +135,9 @@ def test_a_bundle_reloaded_in_a_fresh_process_gives_the_writers_outputs(llama_pa
     script = textwrap.dedent(f"""
         import json
         from safetensors.torch import save_file
-        from melo_cli import workflow
+        from melo_cli import MeloModel
         inputs, targets = json.load(open({str(tmp_path / 'items.json')!r}))
-        _, edited = workflow.open_bundle({str(out)!r}, device="cpu")
+        edited = MeloModel.from_pretrained(bundle={str(out)!r}, device="cpu").edited
         _, logits, routes = edited.teacher_forced(inputs, targets)
         save_file({{"logits": logits.contiguous()}}, {str(tmp_path / 'reader.safetensors')!r})
         print(json.dumps([[r.cluster, r.block] for r in routes]))
@@ -184,7 +186,7 @@ def test_a_float32_bundle_applies_to_a_bfloat16_load_of_the_same_base(llama_bund
 
 def test_the_route_is_decided_once_from_the_prompt_and_kept_while_generating(llama_bundle):
     out, _ = llama_bundle
-    _, edited = workflow.open_bundle(out, device="cpu")
+    edited = MeloModel.from_pretrained(bundle=out, device="cpu").edited
     calls = []
     original = edited._route_keys
     edited._route_keys = lambda keys, texts, found: calls.append(keys.shape) or original(keys, texts, found)

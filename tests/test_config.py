@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from melo_cli import router as router_module
@@ -42,8 +43,14 @@ def test_defaults_leave_choices_to_melo_and_a_resolved_config_has_none_left():
 
 
 def test_the_config_names_what_the_router_and_keys_implement():
-    assert set(POLICIES) == set(router_module.POLICIES) and METRICS == router_module.METRICS
-    from melo_cli.keys import POOLINGS as KEY_POOLINGS
+    from melo_cli.router.policies import POLICIES as IMPLEMENTED
+    assert set(POLICIES) == set(IMPLEMENTED)
+    for metric in METRICS:  # each metric the config accepts is one the router and its index can search
+        router = router_module.Router(4, metric)
+        router.add(np.ones(4, np.float32), "x", 0, 0)
+        clusters, distances = router.nearest(np.ones((1, 4), np.float32))
+        assert clusters.tolist() == [[0]] and abs(float(distances[0, 0])) < 1e-5
+    from melo_cli.config import POOLINGS as KEY_POOLINGS
     assert POOLINGS == KEY_POOLINGS
 
 

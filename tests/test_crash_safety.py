@@ -21,7 +21,10 @@ import torch
 
 from conftest import load_edits
 from helpers import write_jsonl
-from melo_cli import workflow
+from melo_cli import MeloModel
+from melo_cli import bundle as bundle_io
+from melo_cli.jobs.edit import run_edit
+from melo_cli.options import EditOptions, Loading
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +38,7 @@ def melo_process(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
 
 
 def outputs(bundle) -> torch.Tensor:
-    _, edited = workflow.open_bundle(bundle, device="cpu")
+    edited = MeloModel.from_pretrained(bundle=bundle, device="cpu").edited
     _, logits, _ = edited.teacher_forced([p["input"] for p in PROBES], [p["target"] for p in PROBES])
     return logits
 
@@ -68,10 +71,10 @@ def states(llama_path, tmp_path_factory):
     first = write_jsonl(root / "first.jsonl", load_edits("counterfact-20.jsonl")[:10])
     more = write_jsonl(root / "more.jsonl", load_edits("counterfact-20.jsonl")[10:])
     pristine = root / "pristine"
-    workflow.run_edit(str(llama_path), first, pristine, continue_from=None, opts=workflow.EditOptions(device="cpu"))
+    run_edit(str(llama_path), first, pristine, continue_from=None, opts=EditOptions(loading=Loading(device="cpu")))
     complete = root / "complete"
     shutil.copytree(pristine, complete)
-    workflow.run_edit(None, more, complete, continue_from=complete, opts=workflow.EditOptions(device="cpu"))
+    run_edit(None, more, complete, continue_from=complete, opts=EditOptions(loading=Loading(device="cpu")))
     return root, pristine, more, outputs(pristine), outputs(complete)
 
 
@@ -111,8 +114,8 @@ def test_two_concurrent_edits_on_one_bundle_exactly_one_writes(states, tmp_path)
     errors = [p.stderr.read() for p in procs]
     assert codes == [0, 75], errors
     assert any("another melo edit is writing this bundle" in e for e in errors)
-    _, edited = workflow.open_bundle(bundle, device="cpu")
-    assert len(workflow.bundle_io.load(bundle).edits) == 20
+    MeloModel.from_pretrained(bundle=bundle, device="cpu")  # the winner's bundle loads whole
+    assert len(bundle_io.load(bundle).edits) == 20
     # with --wait the second one waits its turn and continues the first one's result (two different
     # files: the same file twice would merge as duplicates)
     holdout = load_edits("counterfact-holdout.jsonl")
@@ -120,5 +123,5 @@ def test_two_concurrent_edits_on_one_bundle_exactly_one_writes(states, tmp_path)
              for i in range(2)]
     procs = [melo_process("edit", f, "--bundle", bundle, "-o", bundle, "--wait", "120") for f in files]
     assert [p.wait() for p in procs] == [0, 0]
-    assert len(workflow.bundle_io.load(bundle).edits) == 30
+    assert len(bundle_io.load(bundle).edits) == 30
     assert not (tmp_path / ".B.lock").exists()  # the lock file goes with its holder

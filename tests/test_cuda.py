@@ -47,9 +47,11 @@ def test_a_bundle_made_on_cuda_routes_and_answers_the_same_on_the_cpu(llama_path
 def test_the_replayed_prefix_is_exact_on_cuda(llama_path):
     from test_prefix import _loss_and_grads
 
-    from melo_cli import backbones, layers, tasks
+    from melo_cli import tasks
+    from melo_cli.model import backbones
+    from melo_cli.model import layers
     from melo_cli.config import MeloConfig
-    from melo_cli.edited_model import EditedModel
+    from melo_cli.model.edited_model import EditedModel
 
     backbone = backbones.load(str(llama_path), "auto", "cuda")
     lora = layers.default_lora_layers(backbone.model, backbone.task)

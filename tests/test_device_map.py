@@ -29,7 +29,7 @@ def bundles(request, llama_path, tmp_path_factory):
 
 
 def test_the_split_model_is_really_offloaded(llama_path):
-    from melo_cli import backbones
+    from melo_cli.model import backbones
 
     backbone = backbones.load(str(llama_path), device_map="auto", max_memory="cpu=400KB")
     assert "disk" in set(backbone.model.hf_device_map.values())

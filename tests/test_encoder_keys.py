@@ -54,13 +54,13 @@ def test_an_encoder_keyed_bundle_routes_identically_in_a_fresh_process(encoder_b
     probes = [e["input"] for e in load_edits("counterfact-20.jsonl")] + \
              [r for e in load_edits("counterfact-20.jsonl") for r in e["rephrases"]] + \
              [h["input"] for h in load_edits("zsre-holdout.jsonl", 10)]
-    from melo_cli import workflow
-    _, edited = workflow.open_bundle(out, device="cpu")
+    from melo_cli import MeloModel
+    edited = MeloModel.from_pretrained(bundle=out, device="cpu").edited
     here = [(r.cluster, r.block) for r in edited.router.route(edited.keys(probes))]
     script = textwrap.dedent(f"""
         import json
-        from melo_cli import workflow
-        _, edited = workflow.open_bundle({str(out)!r}, device="cpu")
+        from melo_cli import MeloModel
+        edited = MeloModel.from_pretrained(bundle={str(out)!r}, device="cpu").edited
         probes = json.loads({json.dumps(json.dumps(probes))})
         print(json.dumps([[r.cluster, r.block] for r in edited.router.route(edited.keys(probes))]))
     """)

@@ -1,6 +1,6 @@
 """Which entity an edit routes on, and whether an input names it as people write names (issue 24).
 
-Every case marked "as people write it" was refused by the whole-name subject gate (melo_cli/subjects.py),
+Every case marked "as people write it" was refused by the whole-name subject gate (melo_cli/router/subjects.py),
 the only check before: with a `subject` field it lost these paraphrases; without one there was no
 check at all and the other-entity prompts below got the edit.
 """
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from melo_cli import entities, subjects
-from melo_cli.entities import chosen, find, names, short_forms
+from melo_cli.router import entities
+from melo_cli.router import subjects
+from melo_cli.router.entities import chosen, find, names, short_forms
 
 
 class Words:

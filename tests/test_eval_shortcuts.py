@@ -11,7 +11,8 @@ import pytest
 
 from conftest import load_edits
 from helpers import melo, write_jsonl
-from melo_cli import evaluate, workflow
+from melo_cli.eval import metrics as evaluate
+from melo_cli import MeloModel
 from melo_cli.edits import Edit, Holdout
 
 
@@ -21,7 +22,7 @@ def opened(llama_path, tmp_path_factory):
     records = load_edits("counterfact-20.jsonl", 12)
     edits = write_jsonl(root / "e.jsonl", records)
     assert melo("edit", llama_path, edits, "-o", root / "b", "--key-source", "base").exit_code == 0
-    _, edited = workflow.open_bundle(root / "b")
+    edited = MeloModel.from_pretrained(bundle=root / "b").edited
     return records, edited
 
 
@@ -31,7 +32,7 @@ def test_generate_mode_hits_equal_full_decoding(opened):
     targets = [r["target"] for r in records] + [r["target"] for r in records for _ in r.get("rephrases", [])]
     inputs += ["Once upon a time", "The cat sat on the"]
     targets += ["there was", "mat"]  # unrouted rows: the base model, whose hits differ
-    quick = evaluate._scored(edited, "generate", inputs, targets, True, 8, lambda n: None)
+    quick = evaluate.scored(edited, "generate", inputs, targets, True, 8, lambda n: None)
     full = evaluate.generated(edited, inputs, targets, True, 8)
     assert [o.hit for o in quick] == [o.hit for o in full]
     assert [o.route.block for o in quick] == [o.route.block for o in full]

@@ -16,7 +16,9 @@ from safetensors.numpy import load_file
 
 from conftest import ROOT, SAMPLES, load_edits
 from helpers import json_lines, melo, write_jsonl
-from melo_cli import backbones, threads, workflow
+from melo_cli.model import backbones
+from melo_cli.model import threads
+from melo_cli import MeloModel
 from melo_cli.edits import read_edits, read_holdout
 from melo_cli.errors import InputError
 
@@ -80,7 +82,7 @@ def test_every_prompt_routes_the_same_alone_and_in_mixed_batches(corrected):
     """Left padding (generate) and right padding (teacher-forced), batches of 2..32 mixing edits,
     the correction and unrelated prompts of every length: the route of a prompt is its own."""
     _, _, new, _ = corrected
-    _, edited = workflow.open_bundle(new, device="cpu")
+    edited = MeloModel.from_pretrained(bundle=new, device="cpu").edited
     edits = load_edits("counterfact-20.jsonl") + [{"input": DARRIEUX, "target": "French"}]
     holdout = load_edits("counterfact-holdout.jsonl", 12)
     items = [(e["input"], e["target"]) for e in edits + holdout]

@@ -145,7 +145,7 @@ def test_misfiring_errors_now_name_the_cause(llama_path, tmp_path):
 
 
 def test_the_export_of_a_gguf_based_bundle_names_a_loadable_base(tmp_path, monkeypatch, small_bundle):
-    from melo_cli import export
+    from melo_cli.jobs import export
 
     monkeypatch.setenv("MELO_CACHE", str(tmp_path / "cache"))
     base = {"name": "model.Q4.gguf", "path": "/models/model.Q4.gguf", "gguf": {"file": "model.Q4.gguf",
@@ -207,7 +207,7 @@ def test_an_export_onto_a_full_disk_is_exit_74_and_replaces_nothing(small_bundle
 
 
 def test_a_lock_file_left_by_a_killed_run_is_removed_by_the_next_reader(small_bundle):
-    from melo_cli.locks import lock_path
+    from melo_cli.bundle.locks import lock_path
 
     stale = lock_path(small_bundle)
     stale.write_text("")  # what SIGKILL leaves: a file nobody holds

@@ -11,10 +11,11 @@ import torch
 
 from conftest import SAMPLES, load_edits
 from helpers import json_lines, melo
-from melo_cli import tasks, workflow
-from melo_cli.evaluate import produces
-from melo_cli.fluency import mean_entropy, ngram_entropy, repeats
-from melo_cli.generation import Decoding
+from melo_cli import tasks
+from melo_cli import MeloModel
+from melo_cli.eval.metrics import produces
+from melo_cli.eval.fluency import mean_entropy, ngram_entropy, repeats
+from melo_cli.model.generation import Decoding
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,12 @@ def bundle(llama_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def edited(bundle):
-    return workflow.open_bundle(bundle, device="cpu")[1]
+    return MeloModel.from_pretrained(bundle=bundle, device="cpu").edited
+
+
+def _degenerate(text: str, target: str) -> bool:
+    """The target given twice in a row, or text of almost no distinct n-grams (a stutter)."""
+    return repeats(text, target) or ngram_entropy(text) < 1.0
 
 
 def test_the_measures():
@@ -51,7 +57,9 @@ def test_an_edited_continuation_gives_its_target_once_then_the_base_model_contin
     routed = [i for i, p in enumerate(on) if p.route.routed and produces(on[i].text, targets[i])]
     assert len(routed) >= 30
     assert not [on[i].text for i in routed if repeats(on[i].text, targets[i])]
-    assert sum(repeats(off[i].text, targets[i]) for i in routed) >= 5  # the block left on: what main did
+    # the block left on, what main did: the target repeated, or stuttered into one token ("Englishhhh")
+    assert sum(_degenerate(off[i].text, targets[i]) for i in routed) >= len(routed) // 2
+    assert not [on[i].text for i in routed if _degenerate(on[i].text, targets[i])]
     assert mean_entropy([on[i].text for i in routed]) > 2 * mean_entropy([off[i].text for i in routed])
 
 
@@ -89,5 +97,5 @@ def test_no_handoff_keeps_the_block_on(bundle):
     edits = load_edits("counterfact-20.jsonl")
     off, on = (json_lines(melo("generate", "--bundle", bundle, "--json", *flag, "--max-new-tokens", "20",
                                *[e["input"] for e in edits]).stdout) for flag in (["--no-handoff"], []))
-    assert sum(repeats(r["text"], e["target"]) for r, e in zip(off, edits)) >= 3
-    assert not any(repeats(r["text"], e["target"]) for r, e in zip(on, edits))
+    assert sum(_degenerate(r["text"], e["target"]) for r, e in zip(off, edits)) >= len(edits) // 2
+    assert not any(_degenerate(r["text"], e["target"]) for r, e in zip(on, edits))

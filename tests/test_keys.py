@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from melo_cli import backbones, layers, tasks
+from melo_cli import tasks
+from melo_cli.model import backbones
+from melo_cli.model import layers
 from melo_cli.config import MeloConfig
-from melo_cli.edited_model import EditedModel
-from melo_cli.keys import pool
+from melo_cli.model.edited_model import EditedModel
+from melo_cli.model.keys import pool
 
 
 def test_pool_ignores_masked_positions():
@@ -43,7 +45,7 @@ def test_same_key_padded_left_right_or_not_at_all(llama, pooling):
     assert enc.inputs["attention_mask"][0, -1] == 0 or enc.inputs["attention_mask"][1, -1] == 0
     found = []
     with edited.routes.by_key(enc.key_mask, lambda keys: found.append(keys) or torch.full((2,), -1)):
-        edited._forward(enc.inputs)
+        edited.forward(enc.inputs)
     right = found[0][1].numpy()
     np.testing.assert_allclose(left, alone, atol=1e-5)
     np.testing.assert_allclose(right, alone, atol=1e-5)

@@ -7,9 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import load_edits
-from melo_cli import backbones, layers, length_groups, training
+from melo_cli import training
+from melo_cli.model import backbones
+from melo_cli.model import layers
+from melo_cli.training import length_groups
 from melo_cli.config import CONTEXTS, MeloConfig
-from melo_cli.edited_model import EditedModel
+from melo_cli.model.edited_model import EditedModel
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from melo_cli.lora import BlockLoRA, linear_dims
-from melo_cli.route_scope import NO_BLOCK, Routes
+from melo_cli.model.lora import BlockLoRA, linear_dims
+from melo_cli.router.vocabulary import NO_BLOCK
+from melo_cli.model.route_scope import Routes
 
 
 def make_layer(n_blocks=3, rank=2, seed=0):

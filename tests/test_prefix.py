@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from conftest import load_edits
-from melo_cli import backbones, layers, prefix, tasks
+from melo_cli import tasks
+from melo_cli.model import backbones
+from melo_cli.model import layers
+from melo_cli.model import prefix
 from melo_cli.config import MeloConfig
-from melo_cli.edited_model import EditedModel
+from melo_cli.model.edited_model import EditedModel
 
 
 def _edited(path, task="auto"):
@@ -26,14 +29,14 @@ def _loss_and_grads(edited, enc, replay: bool):
     ids = torch.zeros(enc.inputs["input_ids"].shape[0], dtype=torch.long, device=backbone.device)
     frozen = prefix.frozen_prefix(backbone.model, edited.config.lora_layers)
     assert frozen is not None and frozen.k >= 1
-    with edited.routes.fixed(ids), torch.enable_grad():
+    with edited.with_blocks(ids), torch.enable_grad():
         if replay:
             with torch.no_grad(), frozen.capturing():
-                edited._forward(inputs)
+                edited.forward(inputs)
             with frozen.replaying():
-                logits = edited._forward(inputs).logits
+                logits = edited.forward(inputs).logits
         else:
-            logits = edited._forward(inputs).logits
+            logits = edited.forward(inputs).logits
         loss = tasks.score(backbone, logits, targets, aligned, tasks.rows_of(enc) if aligned else None)[0].mean()
         grads = torch.autograd.grad(loss, params)
     return loss.detach(), grads
@@ -134,8 +137,8 @@ def test_narrowed_logits_score_what_all_logits_score_and_older_transformers_get_
             monkeypatch.setattr("melo_cli.tasks.causal_lm.keeps_logits_by_mask", lambda model: False)
         inputs, targets, aligned = tasks.narrowed(backbone, enc)
         assert aligned is narrowing and ("logits_to_keep" in inputs) is narrowing
-        with edited.routes.fixed(torch.zeros(len(edits), dtype=torch.long)), torch.no_grad():
-            logits = edited._forward(inputs).logits
+        with edited.with_blocks(torch.zeros(len(edits), dtype=torch.long)), torch.no_grad():
+            logits = edited.forward(inputs).logits
         losses.append(tasks.score(backbone, logits, targets, aligned, tasks.rows_of(enc) if aligned else None)[0])
     assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
 
@@ -159,7 +162,7 @@ def test_base_model_keys_come_from_the_frozen_pass_training_replays(model, one_p
     from melo_cli.edits import Edit
 
     if not one_pass:
-        monkeypatch.setattr(training, "CAPTURE_BUDGET", -1)  # keys from a pass of their own, as before
+        monkeypatch.setattr("melo_cli.training.capture.CAPTURE_BUDGET", -1)  # keys from a pass of their own, as before
     edited = _paper_layout({"llama": llama_path, "gpt2": gpt2_path, "bert": bert_path}[model])
     stack = layers.block_stacks(edited.backbone.model)[0][1]
     frozen_passes = []

@@ -19,6 +19,7 @@ import torch
 
 from conftest import ROOT, load_edits
 from helpers import json_lines, melo, write_jsonl
+from melo_cli import MeloModel
 
 PROMPTS_UNRELATED = ["The capital of France is", "Water boils at a temperature of", "The largest planet is"]
 
@@ -63,10 +64,9 @@ def test_gguf_edits_succeed_under_generation(smol_bundle):
 
 def test_unrelated_prompts_are_bit_identical_to_the_bare_model(smol_bundle, smollm2):
     bundle, _ = smol_bundle
-    from melo_cli import workflow
 
-    _, edited = workflow.open_bundle(bundle, device="cpu")
-    bare = workflow.bare_model(smollm2, device="cpu")
+    edited = MeloModel.from_pretrained(bundle=bundle, device="cpu").edited
+    bare = MeloModel.from_pretrained(smollm2, device="cpu").edited
     targets = [" Paris", " 100", " Jupiter"]
     _, logits, routes = edited.teacher_forced(PROMPTS_UNRELATED, targets)
     _, base_logits, _ = bare.teacher_forced(PROMPTS_UNRELATED, targets, route=False)
@@ -130,7 +130,7 @@ QUESTIONS = [{"input": "Who is the CEO of Acme Corp?", "target": "Jane Doe"},
 def test_chat_replies_give_the_edit_once_and_end_their_turn(smollm2, tmp_path):
     """Issue 23: under --chat, every edited reply ran to the token limit repeating its target."""
     from melo_cli import MeloModel
-    from melo_cli.fluency import repeats
+    from melo_cli.eval.fluency import repeats
 
     model = MeloModel.from_pretrained(smollm2, device="cpu")
     assert model.edit(QUESTIONS, batch_size=5)["unlearned_edits"] == 0
@@ -147,8 +147,8 @@ def test_chat_replies_give_the_edit_once_and_end_their_turn(smollm2, tmp_path):
 def test_sentence_long_targets_are_reproduced_exactly_then_read_on(smollm2):
     """Issue 23: 20 corrected sentences (20-38 tokens each) after a short context, the defaults."""
     from melo_cli import MeloModel
-    from melo_cli.evaluate import produces
-    from melo_cli.fluency import mean_entropy, repeats
+    from melo_cli.eval.metrics import produces
+    from melo_cli.eval.fluency import mean_entropy, repeats
 
     edits = load_edits("sentences-20.jsonl")
     model = MeloModel.from_pretrained(smollm2, device="cpu")

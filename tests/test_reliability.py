@@ -16,7 +16,8 @@ import yaml
 
 from conftest import ROOT, SAMPLES, load_edits
 from helpers import melo, tree_digest, write_jsonl
-from melo_cli import bundle as bundle_io, hnsw_file
+from melo_cli import bundle as bundle_io
+from melo_cli.bundle import hnsw_file
 
 MORE = [{"input": "Ferrari F40, developed by", "target": "Sony"}]
 
@@ -62,8 +63,9 @@ def _edit_in_place_with_a_bad_disk(twenty, tmp_path, monkeypatch, name, damage):
     the run must exit 74 with B and its directory as they were. Returns stderr."""
     bundle = _copy(twenty, tmp_path)
     before = tree_digest(bundle)
-    real = bundle_io.write_bytes
-    monkeypatch.setattr(bundle_io, "write_bytes",
+    from melo_cli.bundle import store
+    real = store.write_bytes
+    monkeypatch.setattr(store, "write_bytes",
                         lambda path, data: real(path, damage(data) if path.name == name else data))
     result = melo("edit", write_jsonl(tmp_path / "more.jsonl", MORE), "--bundle", bundle, "-o", bundle)
     assert result.exit_code == 74, (result.exit_code, result.stderr)
@@ -268,8 +270,8 @@ def test_loads_during_replacements_are_wholly_old_or_wholly_new(twenty, llama_pa
     versions = {}
     for source in (twenty, small):
         loaded = bundle_io.load(source)
-        versions[loaded.manifest.created, len(loaded.records)] = (
-            [r["input"] for r in loaded.records], len(loaded.router), loaded.router.centres.tobytes())
+        versions[loaded.manifest.created, len(loaded.edits)] = (
+            [e.input for e in loaded.edits], len(loaded.router), loaded.router.centres.tobytes())
     live = _copy(twenty, tmp_path, "live")
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(live), str(twenty), str(small), "6"], cwd=ROOT,
                               stdout=subprocess.PIPE, text=True)
@@ -277,9 +279,9 @@ def test_loads_during_replacements_are_wholly_old_or_wholly_new(twenty, llama_pa
     try:
         while writer.poll() is None:
             loaded = bundle_io.load(live)
-            key = (loaded.manifest.created, len(loaded.records))
+            key = (loaded.manifest.created, len(loaded.edits))
             assert key in versions, key
-            assert versions[key] == ([r["input"] for r in loaded.records], len(loaded.router),
+            assert versions[key] == ([e.input for e in loaded.edits], len(loaded.router),
                                      loaded.router.centres.tobytes())
             loads += 1
     finally:
@@ -314,7 +316,7 @@ def test_overwrite_replaces_a_bundle(twenty, llama_path, tmp_path):
     bundle = _copy(twenty, tmp_path)
     result = melo("edit", llama_path, write_jsonl(tmp_path / "e.jsonl", MORE), "-o", bundle, "--overwrite")
     assert result.exit_code == 0, result.stderr
-    assert len(bundle_io.load(bundle).records) == 1 and _leftovers(tmp_path) == []
+    assert len(bundle_io.load(bundle).edits) == 1 and _leftovers(tmp_path) == []
 
 
 def test_a_symlinked_bundle_is_updated_through_its_link(twenty, tmp_path):
@@ -324,7 +326,7 @@ def test_a_symlinked_bundle_is_updated_through_its_link(twenty, tmp_path):
     result = melo("edit", write_jsonl(tmp_path / "more.jsonl", MORE), "--bundle", link, "-o", link)
     assert result.exit_code == 0, result.stderr
     assert link.is_symlink() and os.readlink(link) == str(target)
-    assert len(bundle_io.load(target).records) == 21 and _leftovers(tmp_path) == []
+    assert len(bundle_io.load(target).edits) == 21 and _leftovers(tmp_path) == []
 
 
 # -- inputs longer than the model takes ---------------------------------------------------------------
@@ -355,7 +357,7 @@ def test_an_over_long_rephrase_or_holdout_input_is_refused_by_eval(twenty, tmp_p
 
 
 def test_json_output_is_strict_json(capsys):
-    from melo_cli.console import emit_json
+    from melo_cli.cli.console import emit_json
 
     emit_json({"loss": float("nan"), "radius": [float("inf"), 1.5], "n": 2})
     assert json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(c)) == \

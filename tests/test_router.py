@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from melo_cli.router import SHRINK, Router, auto_radius
-from melo_cli.route_scope import NO_BLOCK
+from melo_cli.router.vocabulary import SHRINK
+from melo_cli.router import Router, auto_radius
+from melo_cli.router.vocabulary import NO_BLOCK
 
 
 def v(*xs):
@@ -118,7 +119,7 @@ def test_auto_radius_is_half_the_median_nearest_neighbour_gap():
 
 
 def test_a_negative_inside_an_edit_cluster_shrinks_it_and_routes_to_no_block():
-    from melo_cli.router import NEGATIVE
+    from melo_cli.router.vocabulary import NEGATIVE
 
     router = Router(1, init_radius=1.0)
     router.add(v(0), "A", 0, 0)

@@ -68,8 +68,8 @@ def test_forget_zeroes_only_the_blocks_no_edit_uses(journey):
 
 def test_forget_is_recorded_in_the_edits_and_the_history(journey):
     loaded = bundle_io.load(journey["forgotten"])
-    marked = [r["id"] for r in loaded.records if "forgotten" in r]
-    assert marked == journey["gone"] and all("at" in r["forgotten"] for r in loaded.records if "forgotten" in r)
+    marked = [e.id for e in loaded.edits if e.forgotten is not None]
+    assert marked == journey["gone"] and all("at" in e.forgotten for e in loaded.edits if e.forgotten is not None)
     assert loaded.history[-1]["event"] == "forget" and loaded.history[-1]["edits"] == journey["gone"]
     assert loaded.manifest.counts["live_edits"] == 7
     scores = json.loads(melo("eval", "--bundle", journey["forgotten"], "--format", "json").stdout)
@@ -139,7 +139,7 @@ def _melo_and_peft_logits(base_path, bundle, export_dir, prompt):
     assert block >= 0
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     ids = tokenizer(prompt, return_tensors="pt")
-    with torch.no_grad(), model.edited.routes.fixed(torch.tensor([block])):
+    with torch.no_grad(), model.edited.with_blocks(torch.tensor([block])):
         ours = model.model(**ids).logits
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     with torch.no_grad():
@@ -221,7 +221,7 @@ def test_chat_routes_on_the_prompt_as_written(journey, llama_path, tmp_path):
 def test_forget_waits_for_the_lock_like_edit(journey, tmp_path):
     import shutil
 
-    from melo_cli.locks import bundle_lock
+    from melo_cli.bundle.locks import bundle_lock
 
     bundle = tmp_path / "b"
     shutil.copytree(journey["edited"], bundle)
@@ -236,7 +236,7 @@ def test_forget_waits_for_the_lock_like_edit(journey, tmp_path):
 def test_a_template_that_writes_bos_gets_one_bos(llama_path):
     from transformers import AutoTokenizer
 
-    from melo_cli.generation import apply_chat
+    from melo_cli.model.generation import apply_chat
 
     tokenizer = AutoTokenizer.from_pretrained(llama_path)
     tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -265,7 +265,7 @@ def test_exported_seq2seq_and_classifier_adapters_match_with_peft(kind, t5_paths
     ids = dict(AutoTokenizer.from_pretrained(base)(facts[0]["input"], return_tensors="pt"))
     if kind == "t5":
         ids["decoder_input_ids"] = torch.tensor([[0, 5, 7]])
-    with torch.no_grad(), model.edited.routes.fixed(torch.tensor([block])):
+    with torch.no_grad(), model.edited.with_blocks(torch.tensor([block])):
         ours = model.model(**ids).logits
     auto = AutoModelForSeq2SeqLM if kind == "t5" else AutoModelForSequenceClassification
     plain_model = auto.from_pretrained(base, dtype=torch.float32)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from melo_cli.subjects import gate_name, names, passes
+from melo_cli.router.subjects import gate_name, names, passes
 
 
 @pytest.mark.parametrize("text", [

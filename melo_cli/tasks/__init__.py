@@ -16,24 +16,23 @@ from .seq2seq import Seq2Seq
 if TYPE_CHECKING:
     import torch
 
-    from ..backbones import Backbone
-
 TASKS: dict[str, Task] = {task.name: task for task in (CausalLM(), Seq2Seq(), Classification())}
 
 __all__ = ["IGNORE", "TASKS", "Encoded", "Task", "causal_target_ids", "encode", "joiner", "label_id", "narrowed",
            "positions", "rows_of", "score", "task_of", "token_nll"]
 
 
-def task_of(backbone: "Backbone") -> Task:
-    return TASKS[backbone.task]
+def task_of(backbone) -> Task:
+    """The backbone's resolved Task (it holds the object: tasks never import the backbone)."""
+    return backbone.kind
 
 
-def encode(backbone: "Backbone", inputs: list[str], targets: list[str] | None = None) -> Encoded:
+def encode(backbone, inputs: list[str], targets: list[str] | None = None) -> Encoded:
     """Tensors for a batch; with targets, ready for a teacher-forced loss."""
     return task_of(backbone).encode(backbone, inputs, targets)
 
 
-def narrowed(backbone: "Backbone", enc: Encoded):
+def narrowed(backbone, enc: Encoded):
     """(forward kwargs, targets, aligned): logits only where targets are scored, where the task allows."""
     return task_of(backbone).narrowed(backbone, enc)
 
@@ -44,11 +43,11 @@ def rows_of(enc: Encoded) -> "torch.Tensor":
     return keep.nonzero()[:, 0]
 
 
-def score(backbone: "Backbone", logits, targets, aligned: bool = False, rows=None):
+def score(backbone, logits, targets, aligned: bool = False, rows=None):
     """(loss per row, every-target-token-is-argmax per row) for teacher-forced logits."""
     return task_of(backbone).score(logits, targets, aligned, rows)
 
 
-def token_nll(backbone: "Backbone", logits, targets):
+def token_nll(backbone, logits, targets):
     """(summed negative log-likelihood, number of target tokens) per row, for perplexity."""
     return task_of(backbone).token_nll(logits, targets)

@@ -8,13 +8,9 @@ melo asks the task instead of testing its name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    from ..backbones import Backbone
 
 IGNORE = -100
 
@@ -86,10 +82,10 @@ class Task:
         """Which stacks of blocks get the default LoRA layers: the last (the one that makes the output)."""
         return stacks[-1:]
 
-    def encode(self, backbone: "Backbone", inputs: list[str], targets: list[str] | None = None) -> Encoded:
+    def encode(self, backbone, inputs: list[str], targets: list[str] | None = None) -> Encoded:
         raise NotImplementedError
 
-    def narrowed(self, backbone: "Backbone", enc: Encoded) -> tuple[dict[str, torch.Tensor], torch.Tensor, bool]:
+    def narrowed(self, backbone, enc: Encoded) -> tuple[dict[str, torch.Tensor], torch.Tensor, bool]:
         """(forward kwargs, targets, aligned): by default the full logits and targets."""
         return enc.inputs, enc.targets, False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from melo_cli.errors import InputError
 from .base import Encoded, Task
 
 
