@@ -12,7 +12,8 @@ ORDER = ["editing-smollm2-counterfact-n100", "editing-smollm2-counterfact-n1000"
          "editing-smollm2-zsre-n1000-cuda", "editing-gemma3-270m-counterfact-n100", "editing-gemma3-270m-counterfact-n1000",
          "cost-smollm2-counterfact-n100",
          "cost-smollm2-counterfact-n100-cuda-float32", "cost-smollm2-counterfact-n100-cuda-bfloat16",
-         "evaltime-smollm2-n100", "routecost-smollm2-n100", "entities-smollm2",
+         "scale-smollm2-n10000", "evaltime-smollm2-n100", "routecost-smollm2-n100", "entities-smollm2",
+         "entity-set-smollm2",
          "editing-n100", "editing-n1000", "keys-latest", "overhead-n1000", "router-latest", "startup-idle",
          "startup-busy2"]
 TITLES = {"editing": "Editing: melo vs a GRACE-style codebook vs plain LoRA fine-tuning",
@@ -23,11 +24,13 @@ TITLES = {"editing": "Editing: melo vs a GRACE-style codebook vs plain LoRA fine
           "cost": "Cost per edit: training above the frozen layers vs full passes vs the reference regime",
           "evaltime": "melo eval wall time, before and after",
           "routecost": "melo route vs generation: what routing alone costs",
-          "entities": "Entities: what an edit routes on besides its key (router level)"}
+          "entities": "Entities: what an edit routes on besides its key (router level)",
+          "entity": "The committed entity set, end to end",
+          "scale": "Scale: 10,000 sequential edits"}
 
 INTRO = """# melo benchmarks
 
-Nine benchmarks, each a script that runs from a clean checkout (after the README's install) and
+Eleven benchmarks, each a script that runs from a clean checkout (after the README's install) and
 writes `results/NAME-TAG.json` (everything measured) and `results/NAME-TAG.md` (the table below).
 This page is rebuilt from those files by `python benchmarks/report.py`; every table carries the date,
 machine, commit and exact command of its run. A smoke test runs each script at tiny sizes in the
@@ -39,6 +42,8 @@ default test run (tests/test_benchmarks_smoke.py); the real runs stay outside CI
 | `cost.py` | seconds per edit: melo (frozen prefix replayed) vs the same with full passes vs the reference code's 50 full passes per batch, with the ES/generality/locality each reaches | `python benchmarks/cost.py --model smollm2` |
 | `evaltime.py` | `melo eval` wall time of this checkout vs an earlier one (100 edits + 100 paraphrases + 100 unrelated) | `python benchmarks/evaltime.py --before CHECKOUT` |
 | `entities.py` | router-level ES, generality and locality for each idea of what an edit routes on besides its key (no check, subject fields as whole names or as people write names, the entity found in the input with or without the base model's casing test, entity-swapped negatives), on CounterFact T=100 and T=1000 and the committed entity set | `python benchmarks/entities.py --model smollm2` |
+| `entity_set.py` | the committed entity set (sample_edits/entities-20*.jsonl) end to end on a real model, with and without subject fields: ES, generality on hand-written paraphrases, other-entity prompts kept, fluency | `python benchmarks/entity_set.py --model smollm2` |
+| `scale.py` | 10,000 sequential CounterFact edits on SmolLM2 without subject fields: retention at 1k/2.5k/5k/10k, ES, generality, locality, fluency, seconds per edit by wall and CPU time, bundle bytes, load time, memory, generate overhead, `melo eval` time | `python benchmarks/scale.py --n 10000` |
 | `routecost.py` | `melo route` vs generation on a real model: opening for routing (encoder keys: no base model) vs the full model, routing N prompts vs generating 20 tokens for them | `python benchmarks/routecost.py --model smollm2` |
 | `keys.py` | router-level generality and locality for every key source, pooling, metric, radius rule, margin and negatives setting, CounterFact and zsRE, T=100 and 1000 | `python benchmarks/keys.py` |
 | `overhead.py` | latency of generate and teacher-forced eval with a 1,000-edit bundle vs the bare model, interleaved | `python benchmarks/overhead.py` |

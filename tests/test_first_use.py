@@ -336,3 +336,33 @@ def test_help_at_80_columns(tmp_path):
     text = melo("edit", "--help", env={"COLUMNS": "200"}).stdout
     for cited in ("sample_models/stories260K", "sample_edits/counterfact-20.jsonl", "sample_edits/zsre-20.jsonl"):
         assert cited in text and (ROOT / cited).exists()
+
+
+def test_the_readme_quick_start_prints_what_the_readme_shows(llama_path, tmp_path):
+    """The quick start's command line, run as written (from a copy of the samples), prints the four lines
+    the README shows, and its summary line starts as shown."""
+    import re
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1]
+    command = re.search(r"```bash\n(.*?)\n```", section, re.S).group(1)
+    shown = re.search(r"```console\n(.*?)\n```", section, re.S).group(1).splitlines()
+    steps = [shlex.split(step) for step in command.split(" && ") if step.strip().startswith("melo ")]
+    edit, generate = steps
+    for folder in ("sample_models", "sample_edits"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        made = melo(*edit[1:])
+        assert made.exit_code == 0, made.stderr
+        printed = melo(*generate[1:])
+        assert printed.exit_code == 0, printed.stderr
+    finally:
+        os.chdir(cwd)
+    summary, lines = shown[0], shown[1:]
+    assert printed.stdout.splitlines() == lines
+    got = json.loads(made.stdout)
+    for key, value in json.loads(summary.replace(", ...}", "}")).items():
+        assert got[key] == value, (key, got[key], value)
