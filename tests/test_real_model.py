@@ -128,11 +128,12 @@ QUESTIONS = [{"input": "Who is the CEO of Acme Corp?", "target": "Jane Doe"},
 
 @pytest.mark.slow
 def test_chat_replies_give_the_edit_once_and_end_their_turn(smollm2, tmp_path):
-    """Issue 23: under --chat, every edited reply ran to the token limit repeating its target."""
+    """Issue 23: under --chat, every edited reply ran to the token limit repeating its target. With
+    chat rows the blocks also learn the templated turn (without them this reply was "Do-A-Cru is the CEO")."""
     from melo_cli import MeloModel
     from melo_cli.eval.fluency import repeats
 
-    model = MeloModel.from_pretrained(smollm2, device="cpu")
+    model = MeloModel.from_pretrained(smollm2, device="cpu", chat_rows=True)
     assert model.edit(QUESTIONS, batch_size=5)["unlearned_edits"] == 0
     asked = [q["input"] for q in QUESTIONS] + ["Who runs Acme Corp?"]
     targets = [q["target"] for q in QUESTIONS] + ["Jane Doe"]

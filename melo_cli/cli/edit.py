@@ -50,6 +50,7 @@ def edit(
     block_per: Annotated[str, option(C, "block_per")] = default_of(C, "block_per"),
     contexts: Annotated[int, option(C, "contexts")] = default_of(C, "contexts"),
     entities: Annotated[str, option(C, "entities")] = default_of(C, "entities"),
+    chat_rows: Annotated[bool, switch(C, "chat_rows", "--chat-rows/--no-chat-rows")] = default_of(C, "chat_rows"),
     block_dtype: Annotated[str, option(C, "block_dtype")] = default_of(C, "block_dtype"),
     lr: Annotated[float, option(C, "lr")] = default_of(C, "lr"),
     max_steps: Annotated[str, option(C, "max_steps")] = default_of(C, "max_steps"),
@@ -94,6 +95,7 @@ def edit(
                         rank_per_block=rank_per_block, block_dtype=block_dtype, key_pooling=key_pooling,
                         key_source=key_source, key_encoder=key_encoder, metric=metric, margin=margin,
                         radius_policy=radius_policy, block_per=block_per, contexts=contexts, entities=entities,
+                        chat_rows=chat_rows,
                         init_radius=_radius(init_radius), lr=lr, max_steps=_steps(max_steps),
                         loss_threshold=loss_threshold, seed=seed)
     opts = EditOptions(config=config, loading=loading(device, dtype, device_map, max_memory, force_base,

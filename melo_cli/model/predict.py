@@ -45,7 +45,11 @@ def predict(edited, inputs: list[str], max_new_tokens: int, route: bool, decodin
     if not route:
         scope = no_routes(len(inputs))
     elif decoding.chat:
-        scope = edited.fixed_routes(edited.route(prompts), enc.key_mask.device)
+        routes = edited.route(prompts)
+        if not edited.config.chat_rows and any(r.routed for r in routes):
+            log.warning("this bundle's blocks learned their edits on plain prompts, not chat turns: a --chat reply "
+                        "may miss its edit (melo edit --chat-rows trains the templated turn too)")
+        scope = edited.fixed_routes(routes, enc.key_mask.device)
     else:
         scope = edited.routed(enc.key_mask, inputs)
     task = edited.task

@@ -3,12 +3,15 @@
 When a key joins a cluster of an earlier block, that cluster moves to the new block and its earlier
 members are trained into the new block too, so no edit is left routed to a block that never learned
 it; earlier blocks themselves never change. With per-edit blocks each block also learns its target
-after the generic CONTEXTS, so that any input the router sends it gets the edit.
+after the generic CONTEXTS, so that any input the router sends it gets the edit, and (`chat`) as the
+reply to its edit's input in the base's chat template: under --chat the block sees the templated turn,
+and a block trained on the bare prompt alone gave "Do-A-Cru" for "Jane Doe" there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from melo_cli.config import CONTEXTS
 from melo_cli.edits import Edit
@@ -41,12 +44,13 @@ class Row:
 
 
 def training_rows(router: Router, touched: list[int], first: int, edits: list[Edit], superseded: dict[int, int],
-                  contexts: int) -> list[Row]:
+                  contexts: int, chat: Callable[[str], str] | None = None) -> list[Row]:
     """Every row a batch trains.
 
     Every live member of a cluster that now uses a new block is trained into it (members of earlier
     batches too: their cluster moved to the new block); with per-edit blocks each block also learns
-    its target after the generic CONTEXTS.
+    its target after the generic CONTEXTS, and, given `chat` (an input -> its chat-templated turn), as
+    the reply to each member's input in that template.
     """
     rows, seen = [], set()
     for cluster in dict.fromkeys(touched):
@@ -57,6 +61,8 @@ def training_rows(router: Router, touched: list[int], first: int, edits: list[Ed
             if number not in superseded and number not in seen:
                 seen.add(number)
                 rows.append(Row(number, edits[number].input, edits[number].target, block))
+                if chat is not None:
+                    rows.append(Row(None, chat(edits[number].input), edits[number].target, block))
         rows += [Row(None, context, router.labels[cluster], block) for context in CONTEXTS[:contexts]]
     return rows
 

@@ -19,6 +19,7 @@ import torch
 from melo_cli.edits import Edit, normalise_input
 from melo_cli.model import casing
 from melo_cli.model.edited_model import EditedModel
+from melo_cli.model.generation import apply_chat
 from melo_cli.router import entities
 from melo_cli.router.policies import POLICIES
 from melo_cli.router.router import Router
@@ -111,6 +112,7 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
     superseded: dict[int, int] = {}
     generator = torch.Generator().manual_seed(edited.config.seed + offset)
     per_edit = edited.config.block_per == "edit"
+    chat = chat_turn(edited) if per_edit else None
     reports = []
     for batch_number, group in enumerate(groups):
         started = time.perf_counter()
@@ -128,7 +130,8 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
             rules[result.rule] += 1
             touched.append(result.cluster)
         count = compact_blocks(router, touched, first)
-        rows = training_rows(router, touched, first, all_edits, superseded, edited.config.contexts if per_edit else 0)
+        rows = training_rows(router, touched, first, all_edits, superseded, edited.config.contexts if per_edit else 0,
+                             chat)
         ready = rows_of_batch(captured.pop(batch_number, None), [offset + p for p in group], rows)
         steps, loss, hits = (train_blocks(edited, first, count, [r.input for r in rows], [r.target for r in rows],
                                           [r.block for r in rows], generator, split, ready) if rows else (0, 0.0, []))
@@ -146,6 +149,15 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
             if offset + i not in superseded and (not r.routed or router.labels[r.cluster] != e.target)]
     return RunResult(reports, lost, superseded, {offset + p: name for p, name in enumerate(names)})
 
+
+
+def chat_turn(edited: EditedModel) -> Callable[[str], str] | None:
+    """An input -> the user turn of it in the base's chat template, where the reply starts (`chat_rows`,
+    causal LMs with a template; None otherwise)."""
+    tokenizer = edited.backbone.tokenizer
+    if not edited.config.chat_rows or edited.config.task != "causal-lm" or not getattr(tokenizer, "chat_template", None):
+        return None
+    return lambda text: apply_chat(tokenizer, [text], None)[0]
 
 
 def edit_entities(edited: EditedModel, new: list[Edit]) -> list[tuple[str, tuple[str, ...]] | None]:
