@@ -112,6 +112,7 @@ def test_chat_template_system_turn_and_stop_at_eos(smol_bundle):
     result = melo("generate", "--bundle", bundle, "--json", "--chat", "--system", "Answer in one short sentence.",
                   "--max-new-tokens", "40", "What is the capital of France?", edit["input"])
     assert result.exit_code == 0, result.stderr
+    assert "melo edit --chat-rows" in result.stderr  # a bundle without chat rows says its edits may miss in chat
     capital, edited = json_lines(result.stdout)
     assert "Paris" in capital["text"] and capital["route"] is None
     assert len(capital["text"].split()) < 25  # stopped at the end of its turn, not at 40 tokens
