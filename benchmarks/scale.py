@@ -60,11 +60,12 @@ def generate(model: MeloModel, prompts: list[str], tokens: int, route: bool = Tr
     return out
 
 
-def live(records: list[dict]) -> list[dict]:
-    """The records still in force: CounterFact repeats some inputs with another target, and the later
-    record corrects the earlier one (melo keeps only the later), so an earlier one is not scored."""
+def live(records: list[dict]) -> list[int]:
+    """Positions of the records melo trains: CounterFact repeats some inputs with another target, and an
+    edits file's later record corrects the earlier one, which is dropped before training (edits/triage.py),
+    so it is never scored, not even at a checkpoint before its correction comes."""
     last = {normalise_input(r["input"]): i for i, r in enumerate(records)}
-    return [r for i, r in enumerate(records) if last[normalise_input(r["input"])] == i]
+    return [i for i, r in enumerate(records) if last[normalise_input(r["input"])] == i]
 
 
 def main() -> None:
@@ -85,6 +86,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rss_base = rss_mb()
     edits = [{"input": r["input"], "target": r["target"], "id": r["id"]} for r in records]
+    trained = live(records)
     batch_seconds, batch_cpu, curve, scoring = [], [], [], [0.0]
     clock = [time.process_time()]
 
@@ -94,7 +96,7 @@ def main() -> None:
         done = (report.batch + 1) * args.batch_size
         if done in checkpoints:
             started = time.perf_counter()
-            seen = live(records[:done])
+            seen = [records[i] for i in trained if i < done]
             point = {"edits": done, "live": len(seen), "es_tf": float(np.mean(tf(model, [r["input"] for r in seen], [r["target"] for r in seen]))),
                      "gen_tf": float(np.mean(tf(model, [r["rephrases"][0] for r in seen], [r["target"] for r in seen]))),
                      "seconds_so_far": round(sum(batch_seconds), 1)}
@@ -140,7 +142,7 @@ def main() -> None:
         result["rss_mb_bare"], result["rss_mb_bundle"] = rss_bare, rss_mb()
     result["rss_mb_before_editing"] = rss_base
 
-    records = live(records)
+    records = [records[i] for i in trained]
     result["live_edits"] = len(records)
     inputs, targets = [r["input"] for r in records], [r["target"] for r in records]
     rephrases, locality = [r["rephrases"][0] for r in records], [r["locality"] for r in records]
