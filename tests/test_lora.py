@@ -148,3 +148,27 @@ def test_nested_scopes_are_refused():
         with pytest.raises(RuntimeError):
             with routes.fixed(torch.tensor([1])):
                 pass
+
+
+def test_growing_the_pool_keeps_every_block_and_adds_zero_blocks_without_copying_each_time():
+    layer, routes = make_layer(n_blocks=3)
+    kept_a, kept_b = layer.lora_A.clone(), layer.lora_B.clone()
+    stores = set()
+    for n in range(4, 40):
+        layer.ensure_blocks(n)
+        layer.lora_A[n - 1] = float(n)  # as commit_block writes a trained block
+        stores.add(layer._store_A.data_ptr())
+    assert layer.n_blocks == 39
+    assert torch.equal(layer.lora_A[:3], kept_a) and torch.equal(layer.lora_B[:3], kept_b)
+    assert all(torch.all(layer.lora_A[n - 1] == n) for n in range(4, 40))
+    assert torch.count_nonzero(layer.lora_B[3:]) == 0
+    assert len(stores) < 10  # a store grows by a quarter: 36 growths, a few copies
+
+
+def test_a_shorter_pool_grown_again_gets_zero_blocks_not_the_old_ones():
+    layer, routes = make_layer(n_blocks=2)
+    layer.ensure_blocks(20)
+    layer.lora_A[10:] = 5.0
+    layer.lora_A = layer.lora_A[:10]  # a view of the same store, shorter
+    layer.ensure_blocks(12)
+    assert torch.count_nonzero(layer.lora_A[10:]) == 0

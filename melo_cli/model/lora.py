@@ -71,12 +71,15 @@ class BlockLoRA(nn.Module):
         return int(self.lora_A.shape[0])
 
     def ensure_blocks(self, n: int) -> None:
-        """Grow the pool to hold at least n blocks (new blocks are zero: no effect until trained)."""
+        """Grow the pool to hold at least n blocks (new blocks are zero: no effect until trained).
+
+        The blocks are a view of the first rows of a larger store that grows by a quarter when full, so a
+        batch's new blocks cost their own rows, not a copy of every block so far (a copy per batch was
+        0.17 s at 10,000 blocks on SmolLM2, 5% of a batch, and grew with every edit)."""
         if n <= self.n_blocks:
             return
-        grow = n - self.n_blocks
-        self.lora_A = torch.cat([self.lora_A, self.lora_A.new_zeros(grow, *self.lora_A.shape[1:])])
-        self.lora_B = torch.cat([self.lora_B, self.lora_B.new_zeros(grow, *self.lora_B.shape[1:])])
+        self.lora_A, self._store_A = _grown(self.lora_A, getattr(self, "_store_A", None), n)
+        self.lora_B, self._store_B = _grown(self.lora_B, getattr(self, "_store_B", None), n)
 
     def start_block(self, block: int, generator: torch.Generator | None = None) -> list[nn.Parameter]:
         """Open block `block` for training (see start_blocks)."""
@@ -159,3 +162,17 @@ class BlockLoRA(nn.Module):
         if squeeze:
             delta = delta.squeeze(1)
         return out.index_add(0, rows, delta.to(out.dtype))
+
+
+def _grown(blocks: torch.Tensor, store: torch.Tensor | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the first n rows of a store holding `blocks` then zeros, that store). The store is reused while
+    `blocks` is still its view and it has room; otherwise a new one a quarter larger (at least n): the
+    copies stay a constant share per block, and the spare rows at most a quarter of the pool."""
+    held = blocks.shape[0]
+    if store is None or n > store.shape[0] or store.device != blocks.device or store.dtype != blocks.dtype \
+            or held and blocks.data_ptr() != store.data_ptr():
+        store = blocks.new_zeros(max(n, held + held // 4, 16), *blocks.shape[1:])
+        store[:held] = blocks
+    else:
+        store[held:n].zero_()  # rows a shorter view once exposed may hold old blocks
+    return store[:n], store
