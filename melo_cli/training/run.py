@@ -49,6 +49,9 @@ class BatchReport:
     """How many new blocks the batch trained (one per edit cluster, or one)."""
     edit_blocks: dict[int, int] = field(default_factory=dict)
     """Edit number -> the block it was trained into."""
+    cpu_seconds: float = 0.0
+    """This process's CPU time for the batch (all its threads): what the batch cost, little moved by other
+    load on the machine, unlike `seconds`."""
 
 
 @dataclass
@@ -115,7 +118,7 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
     chat = chat_turn(edited) if per_edit else None
     reports = []
     for batch_number, group in enumerate(groups):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         first = edited.n_blocks
         rules = {"new": 0, "join": 0, "split": 0}
         touched: list[int] = []
@@ -140,7 +143,8 @@ def run(edited: EditedModel, history: list[Edit], new: list[Edit], groups: list[
         report = BatchReport(batch_number, first, len(group), sum(n not in batch_numbers for n, _ in edit_rows),
                              steps, round(loss, 6), all(hit for _, hit in edit_rows), rules,
                              round(time.perf_counter() - started, 3), [n for n, hit in edit_rows if not hit],
-                             count, {r.edit: r.block for r in rows if r.edit is not None})
+                             count, {r.edit: r.block for r in rows if r.edit is not None},
+                             round(time.process_time() - cpu_started, 3))
         reports.append(report)
         if on_batch is not None:
             on_batch(report)
