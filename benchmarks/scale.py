@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from melo_cli import MeloModel, bundle as bundle_io  # noqa: E402
-from melo_cli.edits import normalise_input  # noqa: E402
+from melo_cli.edits.triage import triage  # noqa: E402
+from melo_cli.inputs import as_edits  # noqa: E402
 from melo_cli.eval.metrics import produces  # noqa: E402
 from melo_cli.eval.fluency import mean_entropy, repeats  # noqa: E402
 
@@ -60,12 +61,14 @@ def generate(model: MeloModel, prompts: list[str], tokens: int, route: bool = Tr
     return out
 
 
-def live(records: list[dict]) -> list[int]:
-    """Positions of the records melo trains: CounterFact repeats some inputs with another target, and an
-    edits file's later record corrects the earlier one, which is dropped before training (edits/triage.py),
-    so it is never scored, not even at a checkpoint before its correction comes."""
-    last = {normalise_input(r["input"]): i for i, r in enumerate(records)}
-    return [i for i, r in enumerate(records) if last[normalise_input(r["input"])] == i]
+def trained_positions(records: list[dict]) -> list[int]:
+    """Positions of the records melo trains, in training order, by its own triage (edits/triage.py):
+    CounterFact repeats some inputs with another target, and a file's later record corrects the earlier
+    one, which is dropped before training, so it is never scored, not even at a checkpoint before its
+    correction comes; a repeated (input, target) pair merges into its first record."""
+    where = {r["id"]: i for i, r in enumerate(records)}
+    kept = triage(as_edits([{"input": r["input"], "target": r["target"], "id": r["id"]} for r in records], "edits"))
+    return [where[e.id] for e in kept.kept]
 
 
 def main() -> None:
@@ -86,38 +89,46 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rss_base = rss_mb()
     edits = [{"input": r["input"], "target": r["target"], "id": r["id"]} for r in records]
-    trained = live(records)
+    trained = trained_positions(records)
     batch_seconds, batch_cpu, curve, scoring = [], [], [], [0.0]
-    clock = [time.process_time()]
+    pending = list(checkpoints)
 
     def on_batch(report) -> None:
         batch_seconds.append(report.seconds)
-        batch_cpu.append(time.process_time() - clock[0])  # this process's CPU time: little moved by other load
-        done = (report.batch + 1) * args.batch_size
-        if done in checkpoints:
+        batch_cpu.append(report.cpu_seconds)  # this process's CPU time: little moved by other load
+        done = sum(batch_edits[:len(batch_seconds)])  # edits trained so far: trained[:done]
+        consumed = trained[done - 1] + 1  # records of the file read so far
+        final = len(batch_seconds) == len(batch_edits)
+        if pending and (consumed >= pending[0] or final):
+            while pending and (consumed >= pending[0] or final):
+                pending.pop(0)
             started = time.perf_counter()
-            seen = [records[i] for i in trained if i < done]
-            point = {"edits": done, "live": len(seen), "es_tf": float(np.mean(tf(model, [r["input"] for r in seen], [r["target"] for r in seen]))),
+            seen = [records[i] for i in trained[:done]]
+            point = {"edits": consumed, "live": len(seen), "es_tf": float(np.mean(tf(model, [r["input"] for r in seen], [r["target"] for r in seen]))),
                      "gen_tf": float(np.mean(tf(model, [r["rephrases"][0] for r in seen], [r["target"] for r in seen]))),
                      "seconds_so_far": round(sum(batch_seconds), 1)}
             curve.append(point)
             scoring[0] += time.perf_counter() - started
-            print(f"after {done} edits: {point}", file=sys.stderr, flush=True)
-        elif (report.batch + 1) % 50 == 0:
-            print(f"{done} edits, {sum(batch_seconds):.0f} s", file=sys.stderr, flush=True)
-        clock[0] = time.process_time()
+            print(f"after {consumed} records: {point}", file=sys.stderr, flush=True)
+        elif len(batch_seconds) % 50 == 0:
+            print(f"{consumed} records, {sum(batch_seconds):.0f} s", file=sys.stderr, flush=True)
 
+    batch_edits = [min(args.batch_size, len(trained) - at) for at in range(0, len(trained), args.batch_size)]
     started = time.perf_counter()
     summary = model.edit(edits, batch_size=args.batch_size, on_batch=on_batch, allow_partial=True)
     editing = time.perf_counter() - started - scoring[0]
-    per_batch = args.batch_size
-    span = 1000 // per_batch
-    first, last = batch_seconds[:span], batch_seconds[-span:]
+    span = 1000 // args.batch_size
+    thousands = [(at, min(at + span, len(batch_edits))) for at in range(0, len(batch_edits), span)]
+    cost = [{"batches": [a, b], "edits": sum(batch_edits[a:b]),
+             "seconds_per_edit": sum(batch_seconds[a:b]) / sum(batch_edits[a:b]),
+             "cpu_seconds_per_edit": sum(batch_cpu[a:b]) / sum(batch_edits[a:b])} for a, b in thousands]
+    first, last = cost[0], cost[-1] if cost[-1]["edits"] >= 500 or len(cost) == 1 else cost[-2]
     result = {"edits": args.n, "unlearned": summary["unlearned_edits"], "editing_seconds": round(editing, 1),
-              "seconds_per_edit": editing / args.n, "seconds_per_edit_first_1k": sum(first) / (len(first) * per_batch),
-              "seconds_per_edit_last_1k": sum(last) / (len(last) * per_batch), "curve": curve,
-              "cpu_seconds_per_edit_first_1k": sum(batch_cpu[:span]) / (span * per_batch),
-              "cpu_seconds_per_edit_last_1k": sum(batch_cpu[-span:]) / (span * per_batch)}
+              "seconds_per_edit": editing / args.n, "seconds_per_edit_first_1k": first["seconds_per_edit"],
+              "seconds_per_edit_last_1k": last["seconds_per_edit"], "curve": curve, "cost_per_1k": cost,
+              "cpu_seconds_per_edit_first_1k": first["cpu_seconds_per_edit"],
+              "cpu_seconds_per_edit_last_1k": last["cpu_seconds_per_edit"],
+              "batch_seconds": batch_seconds, "batch_cpu_seconds": batch_cpu}
     result["cost_ratio_last_vs_first_1k"] = result["seconds_per_edit_last_1k"] / result["seconds_per_edit_first_1k"]
     result["cpu_cost_ratio_last_vs_first_1k"] = (result["cpu_seconds_per_edit_last_1k"]
                                                  / result["cpu_seconds_per_edit_first_1k"])
@@ -196,6 +207,10 @@ def main() -> None:
             ["eval seconds (generate mode, every edit and rephrase)", result["eval_seconds"]]]
     markdown = (f"{args.n} sequential CounterFact edits on {args.model}, batches of {args.batch_size}, melo's defaults "
                 f"without subject fields, {args.threads} torch thread(s).\n\n" + common.table(["measure", "value"], rows)
+                + "\n\nCost of each 1,000 trained edits in turn (seconds per edit; CPU: this process's, all threads):\n\n"
+                + common.table(["trained edits", "s/edit (wall)", "CPU s/edit"],
+                               [[f"{sum(batch_edits[:c['batches'][0]]) + 1}-{sum(batch_edits[:c['batches'][1]])}",
+                                 c["seconds_per_edit"], c["cpu_seconds_per_edit"]] for c in cost])
                 + "\n\nRetention (teacher-forced, every live edit so far):\n\n"
                 + common.table(["edits", "live", "ES tf", "generality tf", "editing s so far"],
                                [[p["edits"], p["live"], p["es_tf"], p["gen_tf"], p["seconds_so_far"]] for p in curve]))
