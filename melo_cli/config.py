@@ -90,8 +90,10 @@ class MeloConfig:
     contexts: int = setting(5, f"Generic contexts each per-edit block also learns its target after (0-{len(CONTEXTS)}), "
                                "so paraphrases get the edit.")
     chat_rows: bool = setting(False, "Causal LMs with a chat template: each per-edit block also learns its target as "
-                                     "the reply to its edit's input in that template, so --chat replies give the edit "
-                                     "(off by default: 2.6x the training steps on SmolLM2).")
+                                     "the reply to its edit's input in that template, so the block gives the edit "
+                                     "inside a --chat turn (off by default: 2.6x the training steps on SmolLM2; "
+                                     "without it the block gives the target after the prompt as written and the "
+                                     "base model writes the turn from there).")
     entities: str = setting("auto", "What each edit routes on besides its key: auto, its subject if given, else the "
                                     "name found in its input; subject, a given subject only; off, nothing.")
     lr: float = setting(1e-2, "Adam learning rate of each new block.")

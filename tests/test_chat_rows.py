@@ -45,3 +45,22 @@ def test_chat_turn_only_with_the_setting_and_a_template(llama_path):
     edited.backbone.tokenizer.chat_template = TEMPLATE
     turn = chat_turn(edited)
     assert turn("Who runs Acme?") == "<user>Who runs Acme?</user><assistant>"
+
+
+def test_chat_replies_of_a_plain_bundle_give_the_target_then_the_base_models_turn(llama_path):
+    """Without chat rows (the default) a --chat reply gets its edit from the block after the prompt as
+    written, where the block learned it; the base model writes the templated reply from the target on,
+    and a prompt routed to no block gets exactly the bare model's reply."""
+    from melo_cli.model.generation import Decoding
+
+    model = MeloModel.from_pretrained(llama_path, device="cpu")
+    tokenizer = model.edited.backbone.tokenizer
+    tokenizer.chat_template = TEMPLATE
+    assert model.edit([{"input": "Who runs the Acme bakery?", "target": "Jane Doe"}])["unlearned_edits"] == 0
+    asked = ["Who runs the Acme bakery?", "Once upon a time there was a little dog"]
+    edited, other = model.predict(asked, max_new_tokens=16, chat=True)
+    assert edited.route.routed and not other.route.routed
+    assert edited.text.startswith("Jane Doe"), edited.text
+    bare = model.edited.predict(asked, max_new_tokens=16, route=False, decoding=Decoding(chat=True))
+    assert other.text == bare[1].text  # the bare model's own reply
+    assert not edited.text[len("Jane Doe"):][:1].isalnum()  # the base model's reply starts a new word after it

@@ -112,10 +112,11 @@ def test_chat_template_system_turn_and_stop_at_eos(smol_bundle):
     result = melo("generate", "--bundle", bundle, "--json", "--chat", "--system", "Answer in one short sentence.",
                   "--max-new-tokens", "40", "What is the capital of France?", edit["input"])
     assert result.exit_code == 0, result.stderr
-    assert "melo edit --chat-rows" in result.stderr  # a bundle without chat rows says its edits may miss in chat
+    assert "--chat-rows" not in result.stderr  # the block gives the edit after the prompt as written, no warning
     capital, edited = json_lines(result.stdout)
     assert "Paris" in capital["text"] and capital["route"] is None
     assert len(capital["text"].split()) < 25  # stopped at the end of its turn, not at 40 tokens
+    assert edited["text"].startswith(edit["target"]), edited["text"]
     plain = json_lines(melo("generate", "--bundle", bundle, "--json", edit["input"]).stdout)[0]
     assert edited["route"] == plain["route"] and edited["route"] is not None
 
@@ -129,17 +130,19 @@ QUESTIONS = [{"input": "Who is the CEO of Acme Corp?", "target": "Jane Doe"},
 
 @pytest.mark.slow
 def test_chat_replies_give_the_edit_once_and_end_their_turn(smollm2, tmp_path):
-    """Issue 23: under --chat, every edited reply ran to the token limit repeating its target. With
-    chat rows the blocks also learn the templated turn (without them this reply was "Do-A-Cru is the CEO")."""
+    """Issue 23, with the defaults: under --chat every edited reply ran to the token limit repeating its
+    target, and once blocks were handed back, a block left on inside the templated turn wrote "Do-A-Cru is
+    the CEO" for "Jane Doe". Now the block gives the target after the prompt as written and the base model
+    writes the reply in the turn from there."""
     from melo_cli import MeloModel
     from melo_cli.eval.fluency import repeats
 
-    model = MeloModel.from_pretrained(smollm2, device="cpu", chat_rows=True)
+    model = MeloModel.from_pretrained(smollm2, device="cpu")
     assert model.edit(QUESTIONS, batch_size=5)["unlearned_edits"] == 0
     asked = [q["input"] for q in QUESTIONS] + ["Who runs Acme Corp?"]
     targets = [q["target"] for q in QUESTIONS] + ["Jane Doe"]
     for prompt, target, reply in zip(asked, targets, model.predict(asked, max_new_tokens=200, chat=True)):
-        assert reply.route.routed and target in reply.text, (prompt, reply.text)
+        assert reply.route.routed and reply.text.startswith(target), (prompt, reply.text)
         assert not repeats(reply.text, target), (prompt, reply.text)
         assert len(model.tokenizer(reply.text)["input_ids"]) < 200, (prompt, reply.text)  # it ended its turn
         assert not re.search(re.escape(target) + r"[^\W\d_]", reply.text), reply.text  # no word glued on

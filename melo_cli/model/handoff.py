@@ -114,7 +114,7 @@ def continue_on_base(backbone, task, enc, generated: torch.Tensor, watch: Target
     """Phase 2: the base model alone (no route scope is open) continues each handed-back row from its
     prompt and the tokens it has so far, up to its remaining budget of new tokens, starting a new word
     where the target ended one (WordBoundary); the new tokens per row."""
-    model, device = backbone.model, backbone.device
+    model = backbone.model
     if backbone.glue is None:
         backbone.glue = glue_tokens(backbone.tokenizer)
     whole = torch.tensor([bool(watch.targets[r]) and watch.targets[r][-1].isalnum() for r in rows])
@@ -122,12 +122,7 @@ def continue_on_base(backbone, task, enc, generated: torch.Tensor, watch: Target
         mask = enc.inputs["attention_mask"]
         sequences = [generated[r, :watch.stopped[r]][torch.cat([mask[r].bool(), torch.ones(
             watch.stopped[r] - mask.shape[1], dtype=torch.bool, device=mask.device)])].cpu() for r in rows]
-        batch = left_padded(sequences, backbone.pad_id, device)
-        boundary = WordBoundary(backbone.glue, whole, batch["input_ids"].shape[1])
-        out = model.generate(**batch, max_new_tokens=max(budgets), logits_processor=LogitsProcessorList([boundary]),
-                             **options)
-        width = batch["input_ids"].shape[1]
-        return [out[i, width:width + budget].tolist() for i, budget in enumerate(budgets)]
+        return continue_sequences(backbone, sequences, whole, budgets, options)
     added = []  # encoder-decoder: the decoder continues its own prefix, one row at a time
     for i, (r, budget) in enumerate(zip(rows, budgets)):
         prefix = generated[r:r + 1, :watch.stopped[r]]
@@ -137,3 +132,17 @@ def continue_on_base(backbone, task, enc, generated: torch.Tensor, watch: Target
                              logits_processor=LogitsProcessorList([boundary]), **options)
         added.append(out[0, prefix.shape[1]:].tolist())
     return added
+
+
+def continue_sequences(backbone, sequences: list[torch.Tensor], whole: torch.Tensor, budgets: list[int],
+                       options: dict) -> list[list[int]]:
+    """The base model (no route scope open) continues each decoder-only token row up to its budget of new
+    tokens, its first token starting a new word where `whole` says the row ends one; the new tokens per row."""
+    if backbone.glue is None:
+        backbone.glue = glue_tokens(backbone.tokenizer)
+    batch = left_padded(sequences, backbone.pad_id, backbone.device)
+    width = batch["input_ids"].shape[1]
+    boundary = WordBoundary(backbone.glue, whole, width)
+    out = backbone.model.generate(**batch, max_new_tokens=max(budgets), logits_processor=LogitsProcessorList([boundary]),
+                                  **options)
+    return [out[i, width:width + budget].tolist() for i, budget in enumerate(budgets)]

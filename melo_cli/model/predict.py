@@ -1,8 +1,10 @@
 """Prediction with an edited model: text (greedy unless asked otherwise, up to EOS) or a label per input.
 
 A routed row's block gives the edit's target, and the base model continues from there (handoff.py),
-unless `decoding.handoff` is off. Under a chat template the model sees the templated text and the
-router the prompt as written. Prompts too long for a decoder's positions are cut from the left.
+unless `decoding.handoff` is off. Under a chat template the router sees the prompt as written; a bundle
+trained with chat rows gives its edit inside the templated turn, any other gives it after the prompt as
+written, where its blocks learned it, and the base model writes the reply in the turn from the target on
+(`_chat_replies`). Prompts too long for a decoder's positions are cut from the left.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ def predict(edited, inputs: list[str], max_new_tokens: int, route: bool, decodin
         scope = no_routes(len(inputs))
     elif decoding.chat:
         routes = edited.route(prompts)
-        if not edited.config.chat_rows and any(r.routed for r in routes):
+        if any(r.routed for r in routes) and not edited.config.chat_rows:
+            if decoding.handoff and edited.task.generates and edited.task.prompts_share_positions:
+                return _chat_replies(edited, prompts, enc, routes, max_new_tokens, decoding)
             log.warning("this bundle's blocks learned their edits on plain prompts, not chat turns: a --chat reply "
                         "may miss its edit (melo edit --chat-rows trains the templated turn too)")
         scope = edited.fixed_routes(routes, enc.key_mask.device)
@@ -69,10 +73,38 @@ def predict(edited, inputs: list[str], max_new_tokens: int, route: bool, decodin
             for row, route_taken in zip(tokens, found)]
 
 
+def _chat_replies(edited, prompts: list[str], turns: tasks.Encoded, routes: list[Route], max_new_tokens: int,
+                  decoding: Decoding) -> list[Prediction]:
+    """--chat with blocks that learned plain prompts: each routed row's block writes its target after the
+    prompt as written, and the base model alone writes every reply in the templated turn (`turns`), a
+    routed one from that target on, so it ends at end-of-turn as the bare model's does. Left in the turn,
+    a block trained on the bare prompt wrote "Do-A-Cru" for "Jane Doe" (SmolLM2-Instruct, one LoRA layer)."""
+    backbone, tokenizer = edited.backbone, edited.backbone.tokenizer
+    rows = [i for i, r in enumerate(routes) if r.routed]
+    plain = _fit_positions(backbone, tasks.encode(backbone, [prompts[i] for i in rows]), max_new_tokens).to(backbone.device)
+    scope = edited.fixed_routes([routes[i] for i in rows], plain.key_mask.device)
+    _, given = _generate(edited, [prompts[i] for i in rows], plain, scope, max_new_tokens, decoding, hand_back=False)
+    starts: list[list[int]] = [[] for _ in prompts]
+    for i, tokens in zip(rows, given):
+        text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        starts[i] = tokenizer(text, add_special_tokens=False)["input_ids"][:max_new_tokens] if text else []
+    mask = turns.inputs["attention_mask"]
+    sequences = [torch.cat([turns.inputs["input_ids"][i][mask[i].bool()].cpu(), torch.tensor(starts[i], dtype=torch.long)])
+                 for i in range(len(prompts))]
+    whole = torch.tensor([bool(s) and tokenizer.decode(s)[-1:].isalnum() for s in starts])
+    options = dict(**decoding.generate_kwargs(), pad_token_id=backbone.pad_id,
+                   eos_token_id=eos_ids(backbone.model, backbone.tokenizer))
+    budgets = [max_new_tokens - len(s) for s in starts]
+    more = handoff.continue_sequences(backbone, sequences, whole, [max(b, 1) for b in budgets], options)
+    return [Prediction(tokenizer.decode(start + added[:budget], skip_special_tokens=True), None, None, route)
+            for start, added, budget, route in zip(starts, more, budgets, routes)]
+
+
 def _generate(edited, inputs: list[str], enc: tasks.Encoded, scope, max_new_tokens: int,
-              decoding: Decoding) -> tuple[list[Route], list[list[int]]]:
+              decoding: Decoding, hand_back: bool = True) -> tuple[list[Route], list[list[int]]]:
     """(routes, new tokens per row): generation in the route scope, each routed row handed back to the
-    base model once it has given its target (melo_cli/model/handoff.py) unless `decoding.handoff` is off."""
+    base model once it has given its target (melo_cli/model/handoff.py) unless `decoding.handoff` is off;
+    with `hand_back` off, a handed-back row ends where its block stopped."""
     backbone, task = edited.backbone, edited.task
     kwargs = {k: v for k, v in enc.inputs.items() if k != "position_ids"}
     width = kwargs["input_ids"].shape[1]
@@ -89,7 +121,8 @@ def _generate(edited, inputs: list[str], enc: tasks.Encoded, scope, max_new_toke
     tokens = [row.tolist() for row in task.new_tokens(generated, enc)]
     for row in watch.handed_back() if watch is not None else []:
         tokens[row] = generated[row, start:watch.stopped[row]].tolist()
-    rows = [r for r in (watch.handed_back() if watch is not None else []) if len(tokens[r]) < max_new_tokens]
+    rows = [r for r in (watch.handed_back() if watch is not None and hand_back else [])
+            if len(tokens[r]) < max_new_tokens]
     if rows:
         more = handoff.continue_on_base(backbone, task, enc, generated, watch, rows,
                                         [max_new_tokens - len(tokens[r]) for r in rows], options)
