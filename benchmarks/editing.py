@@ -55,7 +55,11 @@ MODEL = str(common.LLAMA)
 PAPER = {"key_source": "base", "block_per": "batch", "entities": "off"}
 """melo-paper: the MELO paper's layout (base-model keys and the split rule follow from key_source=base; no
 entity check, which the paper does not have)."""
-EDITORS = {"melo": {}, "melo-nosubj": {}, "melo-paper": PAPER, "grace-style": None, "lora-ft": None}
+SHARED = {"block_per": "batch"}
+"""melo-shared: the defaults without subject fields, but one block shared by a batch's edits (issue 25's block
+sharing: a tenth of the parameters per edit at batch size 10)."""
+EDITORS = {"melo": {}, "melo-nosubj": {}, "melo-shared": SHARED, "melo-paper": PAPER, "grace-style": None,
+           "lora-ft": None}
 """melo: the defaults with the records' subject fields; melo-nosubj: the defaults without them (what a user
 without a `subject` field gets: the entity found in each input)."""
 
@@ -458,6 +462,7 @@ def main() -> None:
         inputs = [r["input"] for r in records]
         ed = {"melo": lambda: MeloEditor(args.device),
               "melo-nosubj": lambda: MeloEditor(args.device, name="melo-nosubj", subjects=False),
+              "melo-shared": lambda: MeloEditor(args.device, name="melo-shared", subjects=False, **SHARED),
               "melo-paper": lambda: MeloEditor(args.device, name="melo-paper", subjects=False, **PAPER),
               "grace-style": lambda: GraceStyle(args.device, inputs),
               "lora-ft": lambda: LoraFinetune(args.device)}[name]()
