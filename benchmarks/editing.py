@@ -390,12 +390,16 @@ def fluency(ed, records, base_texts: dict, tokens: list[int]) -> dict:
                "repeats": float(np.mean([repeats(t, g) for t, g in zip(texts, targets)])),
                "entropy": mean_entropy(texts), "base_entropy": mean_entropy(base)}
         row["entropy_ratio"] = row["entropy"] / row["base_entropy"]
+        row["repeating"] = [{"prompt": p, "target": g, "text": t} for p, g, t in zip(prompts, targets, texts)
+                            if repeats(t, g)][:20]  # to read what a repeat looks like
         if isinstance(ed, MeloEditor):
             routed = [i for i, r in enumerate(ed.model.route(prompts)) if r.routed]
             row.update(routed=len(routed), routed_starts=float(np.mean([produces(texts[i], targets[i]) for i in routed])),
                        routed_repeats=float(np.mean([repeats(texts[i], targets[i]) for i in routed])),
                        routed_entropy_ratio=mean_entropy([texts[i] for i in routed]) /
-                       mean_entropy([base[i] for i in routed]))
+                       mean_entropy([base[i] for i in routed]),
+                       routed_misses=[{"prompt": prompts[i], "target": targets[i], "text": texts[i]} for i in routed
+                                      if not produces(texts[i], targets[i])][:20])
         out[str(n)] = row
     return out
 
