@@ -65,6 +65,10 @@ class Router:
         self.member_subjects: list[str | None] = []
         """The entity each member routes on (None: none); with `member_short`, its short forms."""
         self.member_short: list[tuple[str, ...]] = []
+        self._entities: dict[int, list] | None = None
+        """Per cluster, its live members' entities (see `_cluster_subjects`), kept between searches: built
+        from every member, it cost 19 ms a search at 10,000 edits, 7% of generating 16 tokens; any change
+        to the members drops it (`_members_changed`)."""
         self.index = CentreIndex(dim, metric, ef, M=M)
 
     # -- the arrays: grown in place (growing.py); reading one gives its filled rows, a view ----------
@@ -78,8 +82,16 @@ class Router:
     member_keys = property(lambda self: self._columns["member_keys"].view,
                            lambda self, rows: self._columns["member_keys"].assign(rows))
     member_cluster = property(lambda self: self._columns["member_cluster"].view,
-                              lambda self, rows: self._columns["member_cluster"].assign(rows))
+                              lambda self, rows: self._set_member_clusters(rows))
     member_edit = property(lambda self: self._columns["member_edit"].view, lambda self, rows: self._set_edits(rows))
+
+    def _set_member_clusters(self, rows: np.ndarray) -> None:
+        self._columns["member_cluster"].assign(rows)
+        self._members_changed()
+
+    def _members_changed(self) -> None:
+        """Members joined, moved or left a cluster, or their entities changed: the entity table is stale."""
+        self._entities = None
 
     def _set_edits(self, rows: np.ndarray) -> None:
         self._columns["member_edit"].assign(rows)
@@ -125,6 +137,7 @@ class Router:
         self._columns["member_cluster"].append(cluster)
         member = self._columns["member_edit"].append(edit)
         self._by_edit.setdefault(int(edit), []).append(member)
+        self._members_changed()
 
     def set_centre(self, cluster: int, centre: np.ndarray) -> None:
         """Move a cluster's centre (the index follows)."""
@@ -140,6 +153,7 @@ class Router:
 
     def move_member(self, member: int, cluster: int) -> None:
         self.member_cluster[member] = cluster
+        self._members_changed()
 
     def add(self, key: np.ndarray, label: str, block: int, edit: int,
             subject: str | tuple[str, tuple[str, ...]] | None = None) -> AddResult:
@@ -171,6 +185,7 @@ class Router:
         if cluster < 0:
             return False
         self.member_cluster[member] = RETIRED
+        self._members_changed()
         if not np.any(self.member_cluster == cluster):
             self.index.delete(cluster)
             self.retired[cluster] = True
@@ -198,14 +213,19 @@ class Router:
         texts or subjects). With a margin m > 0 the nearest candidate must also be clearly nearest:
         every candidate of another label (negatives included) must be at least (1 + m) times as far.
         """
-        gated = texts is not None and any(s is not None for s in self.member_subjects)
+        names = self._cluster_subjects() if texts is not None else {}
+        gated = bool(names)
         k = 16 if gated else 8 if self.margin > 0 else 1
         clusters, dists = self.nearest(keys, k)
-        names = self._cluster_subjects() if gated else {}
+        wanted = None if self.margin > 0 else 1  # without a margin only the nearest candidate matters
         routes = []
         for row in range(len(clusters)):
-            found = [(int(c), float(d)) for c, d in zip(clusters[row], dists[row])
-                     if not gated or self.passes(names.get(int(c)), texts[row])]
+            found = []
+            for c, d in zip(clusters[row].tolist(), dists[row].tolist()):
+                if not gated or self.passes(names.get(c), texts[row]):
+                    found.append((c, d))
+                    if len(found) == wanted:
+                        break
             if not found:
                 routes.append(Route(None, None, NO_BLOCK))
                 continue
@@ -219,13 +239,16 @@ class Router:
 
     def _cluster_subjects(self) -> dict[int, list]:
         """Per cluster, its live members' entities as the matcher takes them: (name, short forms) pairs,
-        or names for the whole-name rule (clusters without any: absent)."""
-        whole = self.passes is subjects.passes
-        out: dict[int, list] = {}
-        for cluster, subject, short in zip(self.member_cluster, self.member_subjects, self.member_short):
-            if cluster >= 0 and subject:
-                out.setdefault(int(cluster), []).append(subject if whole else (subject, short))
-        return out
+        or names for the whole-name rule (clusters without any: absent). Built once, kept until the
+        members change."""
+        if self._entities is None:
+            whole = self.passes is subjects.passes
+            out: dict[int, list] = {}
+            for cluster, subject, short in zip(self.member_cluster.tolist(), self.member_subjects, self.member_short):
+                if cluster >= 0 and subject:
+                    out.setdefault(cluster, []).append(subject if whole else (subject, short))
+            self._entities = out
+        return self._entities
 
     def entities_of(self, cluster: int) -> list[dict]:
         """The entities a cluster's live members route on: [{"name", "short"}] (empty: none)."""
@@ -294,5 +317,6 @@ class Router:
         router.labels = list(labels)
         router.member_subjects = list(subjects) if subjects is not None else [None] * len(router.member_edit)
         router.member_short = [tuple(s) for s in short] if short is not None else [()] * len(router.member_edit)
+        router._members_changed()
         router.index = CentreIndex(router.dim, metric, router.ef, max(16, len(router.labels)), index_path, router.M)
         return router
