@@ -10,9 +10,13 @@ input), batches of 10, torch pinned to one thread. Measured in one run:
   of the set), and fluency on a sample of records (40 new tokens, melo_cli/eval/fluency.py);
 - seconds per edit in the first and the last 1,000 edits (their ratio: does editing slow as the bundle grows?);
 - bundle bytes; `melo_cli.bundle.load` time (read, hash, validate, index check; median of 3);
-- memory (RSS) of the process with the base model alone and with the bundle applied;
-- generate overhead: 16 new tokens for 100 unrelated prompts with the bundle vs the bare model, interleaved,
-  median of 3 each (unrelated: locality prompts the router sends nowhere);
+- memory at inference: peak RSS of a fresh process that loads the base model alone, or with the bundle, and
+  generates (this process's RSS after 10,000 edits says more about the allocator than about the bundle);
+- generate overhead: 16 new tokens for 100 unrelated prompts (locality prompts the router sends nowhere)
+  with the bundle vs the bare model, in batches of 25, each batch timed both ways in alternating order, 4
+  rounds: the median of the 16 paired ratios (wall and CPU). Back-to-back runs of one batch differ by up to
+  15% on this shared machine, with no bundle at all; a median of 3 whole runs each read 1.07x at 10,000
+  edits where the paired median reads 1.01x on the same clusters;
 - `evaluate` wall time over every live edit and rephrase (generate mode, fluency off).
 """
 
@@ -44,6 +48,35 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def inference_rss_mb(model_path: str, bundle: Path | None, prompt: str, threads: int) -> float:
+    """Peak RSS (MB) of a fresh process that opens the base model (with `bundle`, if given) and generates."""
+    import subprocess
+    code = ("import sys, torch; from pathlib import Path; from melo_cli import MeloModel; "
+            f"torch.set_num_threads({threads}); "
+            f"m = MeloModel.from_pretrained({model_path!r}, bundle={str(bundle) if bundle else None!r}, device='cpu'); "
+            f"m.generate([{prompt!r}], max_new_tokens=8); "
+            "print([l for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM:')][0].split()[1])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def paired_overhead(model: MeloModel, prompts: list[str], tokens: int = 16, rounds: int = 4) -> dict:
+    """Routed / bare generate time: each batch of 25 timed both ways back to back, the order alternating;
+    medians of the paired ratios, wall and CPU (see the module docstring for why paired)."""
+    wall, cpu = [], []
+    batches = [prompts[start:start + 25] for start in range(0, len(prompts), 25)]
+    generate(model, batches[0], tokens), generate(model, batches[0], tokens, route=False)  # warm both paths
+    for turn in range(rounds * len(batches)):
+        batch, timed = batches[turn % len(batches)], {}
+        for route in ((False, True) if turn % 2 == 0 else (True, False)):
+            w, c = time.perf_counter(), time.process_time()
+            generate(model, batch, tokens, route=route)
+            timed[route] = (time.perf_counter() - w, time.process_time() - c)
+        wall.append(timed[True][0] / timed[False][0])
+        cpu.append(timed[True][1] / timed[False][1])
+    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu), "wall_pairs": wall, "cpu_pairs": cpu}
 
 
 def tf(model: MeloModel, inputs: list[str], targets: list[str], route: bool = True) -> list[bool]:
@@ -78,6 +111,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fluency-sample", type=int, default=500, help="records whose edit and rephrase are continued")
+    parser.add_argument("--keep-bundle", type=Path, default=None, help="write the bundle here and keep it")
     parser.add_argument("--tag", default=None)
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     args = parser.parse_args()
@@ -134,7 +168,7 @@ def main() -> None:
                                                  / result["cpu_seconds_per_edit_first_1k"])
 
     with tempfile.TemporaryDirectory() as tmp:
-        out = model.save_pretrained(Path(tmp) / "bundle")
+        out = model.save_pretrained(args.keep_bundle or Path(tmp) / "bundle")
         result["bundle_bytes"] = sum(p.stat().st_size for p in out.iterdir())
         loads = []
         for _ in range(3):
@@ -142,15 +176,15 @@ def main() -> None:
             bundle_io.load(out)
             loads.append(time.perf_counter() - t)
         result["bundle_load_seconds"] = statistics.median(loads)
+        result["rss_mb_after_editing"] = rss_mb()
         del model
-        bare = MeloModel.from_pretrained(common.model_path(args.model), device="cpu")
-        rss_bare = rss_mb()
-        del bare
+        path, prompt = common.model_path(args.model), records[0]["locality"]
+        result["rss_mb_bare"] = inference_rss_mb(path, None, prompt, args.threads)
+        result["rss_mb_bundle"] = inference_rss_mb(path, out, prompt, args.threads)
         t = time.perf_counter()
         model = MeloModel.from_pretrained(bundle=out, device="cpu")
         result["open_seconds"] = time.perf_counter() - t
         torch.set_num_threads(args.threads)
-        result["rss_mb_bare"], result["rss_mb_bundle"] = rss_bare, rss_mb()
     result["rss_mb_before_editing"] = rss_base
 
     records = [records[i] for i in trained]
@@ -183,13 +217,9 @@ def main() -> None:
                          "entropy_ratio": mean_entropy([texts[i] for i in hit]) / mean_entropy([bare_texts[i] for i in hit])}
 
     unrelated_prompts = [locality[i] for i in range(len(locality)) if i not in set(routed)][:100]
-    timings = {True: [], False: []}
-    for _ in range(3):
-        for route in (False, True):
-            t = time.perf_counter()
-            generate(model, unrelated_prompts, 16, route=route)
-            timings[route].append(time.perf_counter() - t)
-    result["generate_overhead_unrelated"] = statistics.median(timings[True]) / statistics.median(timings[False])
+    overhead = paired_overhead(model, unrelated_prompts)
+    result["generate_overhead_unrelated"], result["generate_overhead_unrelated_cpu"] = overhead["wall"], overhead["cpu"]
+    result["generate_overhead_pairs"] = overhead
 
     env = common.environment("cpu")
     env["threads"] = args.threads
@@ -202,8 +232,10 @@ def main() -> None:
             ["seconds per edit, last 1k / first 1k (wall)", result["cost_ratio_last_vs_first_1k"]],
             ["CPU seconds per edit, last 1k / first 1k (this process)", result["cpu_cost_ratio_last_vs_first_1k"]],
             ["bundle MB", result["bundle_bytes"] / 1e6], ["bundle load s (median of 3)", result["bundle_load_seconds"]],
-            ["RSS MB, bare model / with the bundle", f"{result['rss_mb_bare']:.0f} / {result['rss_mb_bundle']:.0f}"],
-            ["generate overhead, unrelated prompts", result["generate_overhead_unrelated"]],
+            ["peak RSS MB at inference (fresh process), bare model / with the bundle",
+             f"{result['rss_mb_bare']:.0f} / {result['rss_mb_bundle']:.0f}"],
+            ["generate overhead, unrelated prompts (median paired ratio, wall / CPU)",
+             f"{result['generate_overhead_unrelated']:.3f} / {result['generate_overhead_unrelated_cpu']:.3f}"],
             ["eval seconds (generate mode, every edit and rephrase)", result["eval_seconds"]]]
     markdown = (f"{args.n} sequential CounterFact edits on {args.model}, batches of {args.batch_size}, melo's defaults "
                 f"without subject fields, {args.threads} torch thread(s).\n\n" + common.table(["measure", "value"], rows)
