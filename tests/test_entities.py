@@ -105,3 +105,22 @@ def test_the_whole_name_rule_of_format_1_bundles_is_kept_for_them():
         ("Lehigh Valley United Sonic", (), None)
     assert not subjects.names("Obama's place of birth is", "Barack Obama")  # what format 1 bundles still do
     assert chosen("Barack Obama was born in", None, "off") == (None, (), None)
+
+
+def test_the_casing_test_scores_each_word_the_same_in_any_batch(llama_path):
+    """ProperTest batches words by token length (to pad less): each word must keep its own scores, the
+    same as when it is scored alone."""
+    from melo_cli import MeloModel
+    from melo_cli.model.casing import ProperTest
+
+    edited = MeloModel.from_pretrained(llama_path, device="cpu").edited
+    words = ["The", "Obama", "Suddenly", "In", "Nykarleby", "Tower", "Savdhaan", "When", "DiCaprio", "Eiffel"]
+    together = ProperTest(edited).prime(words)
+    for word in words:
+        alone = ProperTest(edited).prime([word])
+        assert together.delta[word] == pytest.approx(alone.delta[word], abs=1e-4)
+        assert together.lower[word] == pytest.approx(alone.lower[word], abs=1e-4)
+    ordered = together._by_length(sorted(words))
+    counts = [max(len(edited.backbone.tokenizer(" " + f, add_special_tokens=False)["input_ids"]) for f in (w, w.lower()))
+              for w in ordered]
+    assert sorted(ordered) == sorted(words) and counts == sorted(counts)

@@ -36,7 +36,7 @@ class ProperTest:
         """NLL of the lowercased word."""
 
     def prime(self, words) -> "ProperTest":
-        todo = sorted({w for w in words if w not in self.delta and w.lower() != w})
+        todo = self._by_length(sorted({w for w in words if w not in self.delta and w.lower() != w}))
         for start in range(0, len(todo), BATCH):
             chunk = todo[start:start + BATCH]
             scores = self.edited.target_scores([CONTEXT] * (2 * len(chunk)), chunk + [w.lower() for w in chunk],
@@ -45,6 +45,18 @@ class ProperTest:
             self.delta.update({w: nll[i] - nll[len(chunk) + i] for i, w in enumerate(chunk)})
             self.lower.update({w: nll[len(chunk) + i] for i, w in enumerate(chunk)})
         return self
+
+    def _by_length(self, words: list[str]) -> list[str]:
+        """Words in order of their longer form's token count, so a batch pads to about its own length: in
+        alphabetical order the batches of 1,000 CounterFact edits padded to 1.7x the tokens they hold, and
+        this test took a quarter of the editing time."""
+        if not words:
+            return words
+        tokenizer = self.edited.backbone.tokenizer
+        forms = [" " + w for w in words] + [" " + w.lower() for w in words]
+        counts = [len(ids) for ids in tokenizer(forms, add_special_tokens=False)["input_ids"]]
+        n = len(words)
+        return [w for _, w in sorted((max(counts[i], counts[n + i]), w) for i, w in enumerate(words))]
 
     def _delta(self, word: str) -> float:
         if word.lower() == word:
