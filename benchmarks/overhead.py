@@ -2,6 +2,13 @@
 
     python benchmarks/overhead.py                  # a 1,000-edit bundle (CounterFact), 20 interleaved reps
     python benchmarks/overhead.py --model smollm2 --bundle /tmp/smollm2-1000   # built once, then reused
+    python benchmarks/overhead.py --model smollm2 --n 100 --synthetic-clusters 10000   # the router at 10k
+
+`--synthetic-clusters N` adds N clusters to the loaded bundle without training them: each centred on the
+key of another CounterFact prompt moved by a random offset of a tenth of the init radius, with an entity of its
+own and a zero block. They cost the router what N real edits would (search, entity gate) in minutes
+instead of the hours 10,000 trained edits take; their blocks are zero, so only the unrelated rows (routed
+nowhere) are read as the cost of N edits.
 
 The bare model is a separately loaded Hugging Face model with no wrappers and no hooks, driven from
 text to text exactly as melo is (tokenize, forward or generate, decode). Each
@@ -35,6 +42,21 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
+def add_synthetic_clusters(edited, n: int, offset: int) -> None:
+    """n untrained clusters near the keys of CounterFact prompts from `offset` on (see the docstring)."""
+    router, rng = edited.router, np.random.default_rng(0)
+    prompts = [r["input"] for r in common.counterfact(min(n, 2000), offset=offset)]
+    keys = edited.keys(prompts)
+    first = edited.n_blocks
+    for layer in edited.layers.values():
+        layer.ensure_blocks(first + n)
+    for i in range(n):
+        step = rng.standard_normal(keys.shape[1]).astype(np.float32)
+        key = keys[i % len(keys)] + step * (0.1 * router.init_radius / np.linalg.norm(step))
+        cluster = router.new_cluster(key, f"synthetic target {i}", first + i, router.init_radius)
+        router.add_member(key, cluster, 10**6 + i, (f"Synthetic Entity{i}", (f"Entity{i}",)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="stories260K", help="stories260K, smollm2 or gemma3-270m")
@@ -44,6 +66,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--synthetic-clusters", type=int, default=0, help="untrained clusters added to the router")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tag", default=None)
     parser.add_argument("--out", type=Path, default=common.RESULTS)
@@ -65,6 +88,8 @@ def main() -> None:
             build_seconds = time.perf_counter() - started
             del fresh
         edited = MeloModel.from_pretrained(bundle=bundle, device=args.device).edited
+    if args.synthetic_clusters:
+        add_synthetic_clusters(edited, args.synthetic_clusters, offset=args.n + args.batch)
     torch.set_num_threads(args.threads)
     bare = backbones.load(model, device=args.device)
     torch.set_num_threads(args.threads)
@@ -108,14 +133,16 @@ def main() -> None:
              f"{r[kind]['ratio_p25']:.3f}-{r[kind]['ratio_p75']:.3f}", f"{r['routed_rows']}/{args.batch}"]
             for name, r in results.items() for kind in ("generate", "eval")]
     built = f"built in {build_seconds:.0f} s" if build_seconds is not None else "built earlier"
-    markdown = (f"{args.model}: bundle of {args.n} edits ({edited.n_blocks} blocks, {len(edited.router)} clusters, "
+    synthetic = f" + {args.synthetic_clusters} synthetic clusters" if args.synthetic_clusters else ""
+    markdown = (f"{args.model}: bundle of {args.n} edits{synthetic} ({edited.n_blocks} blocks, {len(edited.router)} clusters, "
                 f"{edited.config.key_source} keys; {built}) vs the bare model, batches of {args.batch}, "
                 f"{args.new_tokens} new tokens, {args.reps} interleaved repetitions, {args.threads} torch thread(s)."
                 "\n\n"
                 + common.table(["inputs", "call", "bare ms", "bundle ms", "ratio (median)", "ratio p25-p75", "routed"],
                                rows))
     common.write("overhead", args.tag or (f"n{args.n}" if args.model == "stories260K" else f"{args.model}-n{args.n}"), env, {"n": args.n, "results": results,
-                                                            "build_seconds": build_seconds}, markdown, args.out)
+                                                            "build_seconds": build_seconds,
+                                                            "synthetic_clusters": args.synthetic_clusters}, markdown, args.out)
 
 
 if __name__ == "__main__":
