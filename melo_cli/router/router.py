@@ -34,6 +34,7 @@ from melo_cli.config import METRICS
 from melo_cli.router import entities, subjects
 from melo_cli.router.centre_index import CentreIndex
 from melo_cli.router.growing import Growing
+from melo_cli.router.member_entities import MemberEntities
 from melo_cli.router.policies import POLICIES
 from melo_cli.router.vocabulary import NEGATIVE, NO_BLOCK, RETIRED, SAME_KEY, AddResult, Route, distance
 
@@ -62,13 +63,8 @@ class Router:
         self._by_edit: dict[int, list[int]] = {}
         """Edit number -> its members (an index, so finding an edit's cluster is not a scan of all members)."""
         self.labels: list[str] = []
-        self.member_subjects: list[str | None] = []
-        """The entity each member routes on (None: none); with `member_short`, its short forms."""
-        self.member_short: list[tuple[str, ...]] = []
-        self._entities: dict[int, list] | None = None
-        """Per cluster, its live members' entities (see `_cluster_subjects`), kept between searches: built
-        from every member, it cost 19 ms a search at 10,000 edits, 7% of generating 16 tokens; any change
-        to the members drops it (`_members_changed`)."""
+        self.member_entities = MemberEntities(whole=entity_match == "whole")
+        """The entity each member routes on, and the gate's table per cluster (member_entities.py)."""
         self.index = CentreIndex(dim, metric, ef, M=M)
 
     # -- the arrays: grown in place (growing.py); reading one gives its filled rows, a view ----------
@@ -84,14 +80,12 @@ class Router:
     member_cluster = property(lambda self: self._columns["member_cluster"].view,
                               lambda self, rows: self._set_member_clusters(rows))
     member_edit = property(lambda self: self._columns["member_edit"].view, lambda self, rows: self._set_edits(rows))
+    member_subjects = property(lambda self: self.member_entities.names)
+    member_short = property(lambda self: self.member_entities.short)
 
     def _set_member_clusters(self, rows: np.ndarray) -> None:
         self._columns["member_cluster"].assign(rows)
-        self._members_changed()
-
-    def _members_changed(self) -> None:
-        """Members joined, moved or left a cluster, or their entities changed: the entity table is stale."""
-        self._entities = None
+        self.member_entities.stale()
 
     def _set_edits(self, rows: np.ndarray) -> None:
         self._columns["member_edit"].assign(rows)
@@ -131,13 +125,11 @@ class Router:
                    subject: str | tuple[str, tuple[str, ...]] | None = None) -> None:
         """Edit `edit`'s key joins `cluster`, routing on `subject` (a name, or (name, short forms))."""
         name, short = (subject, ()) if subject is None or isinstance(subject, str) else subject
-        self.member_subjects.append(name)
-        self.member_short.append(tuple(short))
+        self.member_entities.append(name, short)
         self._columns["member_keys"].append(key)
         self._columns["member_cluster"].append(cluster)
         member = self._columns["member_edit"].append(edit)
         self._by_edit.setdefault(int(edit), []).append(member)
-        self._members_changed()
 
     def set_centre(self, cluster: int, centre: np.ndarray) -> None:
         """Move a cluster's centre (the index follows)."""
@@ -153,7 +145,7 @@ class Router:
 
     def move_member(self, member: int, cluster: int) -> None:
         self.member_cluster[member] = cluster
-        self._members_changed()
+        self.member_entities.stale()
 
     def add(self, key: np.ndarray, label: str, block: int, edit: int,
             subject: str | tuple[str, tuple[str, ...]] | None = None) -> AddResult:
@@ -185,7 +177,7 @@ class Router:
         if cluster < 0:
             return False
         self.member_cluster[member] = RETIRED
-        self._members_changed()
+        self.member_entities.stale()
         if not np.any(self.member_cluster == cluster):
             self.index.delete(cluster)
             self.retired[cluster] = True
@@ -213,7 +205,7 @@ class Router:
         texts or subjects). With a margin m > 0 the nearest candidate must also be clearly nearest:
         every candidate of another label (negatives included) must be at least (1 + m) times as far.
         """
-        names = self._cluster_subjects() if texts is not None else {}
+        names = self.member_entities.by_cluster(self.member_cluster) if texts is not None else {}
         gated = bool(names)
         k = 16 if gated else 8 if self.margin > 0 else 1
         clusters, dists = self.nearest(keys, k)
@@ -237,27 +229,9 @@ class Router:
             routes.append(Route(c, d, int(self.blocks[c]) if inside else NO_BLOCK))
         return routes
 
-    def _cluster_subjects(self) -> dict[int, list]:
-        """Per cluster, its live members' entities as the matcher takes them: (name, short forms) pairs,
-        or names for the whole-name rule (clusters without any: absent). Built once, kept until the
-        members change."""
-        if self._entities is None:
-            whole = self.passes is subjects.passes
-            out: dict[int, list] = {}
-            for cluster, subject, short in zip(self.member_cluster.tolist(), self.member_subjects, self.member_short):
-                if cluster >= 0 and subject:
-                    out.setdefault(cluster, []).append(subject if whole else (subject, short))
-            self._entities = out
-        return self._entities
-
     def entities_of(self, cluster: int) -> list[dict]:
         """The entities a cluster's live members route on: [{"name", "short"}] (empty: none)."""
-        out = []
-        for member in np.flatnonzero(self.member_cluster == cluster):
-            name = self.member_subjects[member]
-            if name and all(e["name"] != name for e in out):
-                out.append({"name": name, "short": list(self.member_short[member])})
-        return out
+        return self.member_entities.of_cluster(self.member_cluster, cluster)
 
     def members_of(self, cluster: int) -> np.ndarray:
         """Edit numbers of the live members of a cluster."""
@@ -315,8 +289,8 @@ class Router:
         router.retired = (arrays["retired"].astype(np.bool_) if "retired" in arrays
                           else np.zeros(len(router.radii), np.bool_))
         router.labels = list(labels)
-        router.member_subjects = list(subjects) if subjects is not None else [None] * len(router.member_edit)
-        router.member_short = [tuple(s) for s in short] if short is not None else [()] * len(router.member_edit)
-        router._members_changed()
+        n = len(router.member_edit)
+        router.member_entities.assign(list(subjects) if subjects is not None else [None] * n,
+                                      [tuple(s) for s in short] if short is not None else [()] * n)
         router.index = CentreIndex(router.dim, metric, router.ef, max(16, len(router.labels)), index_path, router.M)
         return router
