@@ -144,6 +144,7 @@ class Router:
         self.blocks[cluster] = block
 
     def move_member(self, member: int, cluster: int) -> None:
+        """Put a member in another cluster (RETIRED: in none); the gate's table follows."""
         self.member_cluster[member] = cluster
         self.member_entities.stale()
 
@@ -176,8 +177,7 @@ class Router:
         cluster = int(self.member_cluster[member])
         if cluster < 0:
             return False
-        self.member_cluster[member] = RETIRED
-        self.member_entities.stale()
+        self.move_member(member, RETIRED)
         if not np.any(self.member_cluster == cluster):
             self.index.delete(cluster)
             self.retired[cluster] = True
