@@ -15,8 +15,8 @@ input), batches of 10, torch pinned to one thread. Measured in one run:
 - generate overhead: 16 new tokens for 100 unrelated prompts (locality prompts the router sends nowhere)
   with the bundle vs the bare model, in batches of 25, each batch timed both ways in alternating order, 4
   rounds: the median of the 16 paired ratios (wall and CPU). Back-to-back runs of one batch differ by up to
-  15% on this shared machine, with no bundle at all; a median of 3 whole runs each read 1.07x at 10,000
-  edits where the paired median reads 1.01x on the same clusters;
+  15% on this shared machine, with no bundle at all; a median of 3 whole runs each read 1.07x on the
+  10,000-edit bundle, while paired medians read 1.01x with 10,000 synthetic clusters (benchmarks/NOTES.md);
 - `evaluate` wall time over every live edit and rephrase (generate mode, fluency off).
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,8 +53,7 @@ def rss_mb() -> float:
 
 def inference_rss_mb(model_path: str, bundle: Path | None, prompt: str, threads: int) -> float:
     """Peak RSS (MB) of a fresh process that opens the base model (with `bundle`, if given) and generates."""
-    import subprocess
-    code = ("import sys, torch; from pathlib import Path; from melo_cli import MeloModel; "
+    code = ("import torch; from pathlib import Path; from melo_cli import MeloModel; "
             f"torch.set_num_threads({threads}); "
             f"m = MeloModel.from_pretrained({model_path!r}, bundle={str(bundle) if bundle else None!r}, device='cpu'); "
             f"m.generate([{prompt!r}], max_new_tokens=8); "
@@ -67,7 +67,8 @@ def paired_overhead(model: MeloModel, prompts: list[str], tokens: int = 16, roun
     medians of the paired ratios, wall and CPU (see the module docstring for why paired)."""
     wall, cpu = [], []
     batches = [prompts[start:start + 25] for start in range(0, len(prompts), 25)]
-    generate(model, batches[0], tokens), generate(model, batches[0], tokens, route=False)  # warm both paths
+    for route in (True, False):  # warm both paths
+        generate(model, batches[0], tokens, route=route)
     for turn in range(rounds * len(batches)):
         batch, timed = batches[turn % len(batches)], {}
         for route in ((False, True) if turn % 2 == 0 else (True, False)):
