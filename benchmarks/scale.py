@@ -16,7 +16,7 @@ input), batches of 10, torch pinned to one thread. Measured in one run:
   with the bundle vs the bare model, in batches of 25, each batch timed both ways in alternating order, 4
   rounds: the median of the 16 paired ratios (wall and CPU). Back-to-back runs of one batch differ by up to
   15% on this shared machine, with no bundle at all; a median of 3 whole runs each read 1.07x on the
-  10,000-edit bundle, while paired medians read 1.01x with 10,000 synthetic clusters (benchmarks/NOTES.md);
+  10,000-edit bundle, the paired median 1.026x on the same edits (benchmarks/NOTES.md);
 - `evaluate` wall time over every live edit and rephrase (generate mode, fluency off).
 """
 
