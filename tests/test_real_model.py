@@ -164,3 +164,21 @@ def test_sentence_long_targets_are_reproduced_exactly_then_read_on(smollm2):
     assert [produces(text, e["target"]) for text, e in zip(edited, edits)] == [True] * 20, edited
     assert not any(repeats(text, e["target"]) for text, e in zip(edited, edits))
     assert mean_entropy(edited) >= 0.95 * mean_entropy(bare)
+
+
+@pytest.mark.slow
+def test_the_base_model_does_not_stutter_the_target_where_it_takes_over(smollm2):
+    """Issue 23: the base model itself continues the counterfactual "Thirteen Colonies's surroundings
+    include Manchester" with ", Manchester, and Manchester" (1 of 200 CounterFact continuations at T=100).
+    At the seam it may not give the target again before another word; later it may name it."""
+    from melo_cli.eval.fluency import repeats
+    from melo_cli.eval.metrics import produces
+
+    model = MeloModel.from_pretrained(smollm2, device="cpu")
+    assert model.edit([{"input": "Thirteen Colonies can be found in", "target": "Manchester"}])["unlearned_edits"] == 0
+    prompt = "Thirteen Colonies's surroundings include"
+    (bare,) = model.edited.predict([prompt + " Manchester"], max_new_tokens=12, route=False)
+    assert repeats("Manchester" + bare.text, "Manchester"), bare.text  # what the base model does unaided
+    (edited,) = model.edited.predict([prompt], max_new_tokens=30)
+    assert edited.route.routed and produces(edited.text, "Manchester"), edited.text
+    assert not repeats(edited.text, "Manchester"), edited.text

@@ -66,7 +66,7 @@ def predict(edited, inputs: list[str], max_new_tokens: int, route: bool, decodin
             p = {str(id2label[i]): float(probs[row, i]) for i in range(probs.shape[1])}
             results.append(Prediction(None, str(id2label[int(probs[row].argmax())]), p, route_taken))
         return results
-    found, tokens = _generate(edited, inputs, enc, scope, max_new_tokens, decoding)
+    found, tokens, _ = _generate(edited, inputs, enc, scope, max_new_tokens, decoding)
     if not found:
         found = [Route(None, None, NO_BLOCK) for _ in inputs]
     return [Prediction(backbone.tokenizer.decode(row, skip_special_tokens=True), None, None, route_taken)
@@ -83,28 +83,31 @@ def _chat_replies(edited, prompts: list[str], turns: tasks.Encoded, routes: list
     rows = [i for i, r in enumerate(routes) if r.routed]
     plain = _fit_positions(backbone, tasks.encode(backbone, [prompts[i] for i in rows]), max_new_tokens).to(backbone.device)
     scope = edited.fixed_routes([routes[i] for i in rows], plain.key_mask.device)
-    _, given = _generate(edited, [prompts[i] for i in rows], plain, scope, max_new_tokens, decoding, hand_back=False)
+    _, given, gave = _generate(edited, [prompts[i] for i in rows], plain, scope, max_new_tokens, decoding,
+                               hand_back=False)
     starts: list[list[int]] = [[] for _ in prompts]
-    for i, tokens in zip(rows, given):
+    targets: list[str | None] = [None for _ in prompts]
+    for i, tokens, target in zip(rows, given, gave):
         text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
         starts[i] = tokenizer(text, add_special_tokens=False)["input_ids"][:max_new_tokens] if text else []
+        targets[i] = target if text else None
     mask = turns.inputs["attention_mask"]
     sequences = [torch.cat([turns.inputs["input_ids"][i][mask[i].bool()].cpu(), torch.tensor(starts[i], dtype=torch.long)])
                  for i in range(len(prompts))]
-    whole = torch.tensor([bool(s) and tokenizer.decode(s)[-1:].isalnum() for s in starts])
     options = dict(**decoding.generate_kwargs(), pad_token_id=backbone.pad_id,
                    eos_token_id=eos_ids(backbone.model, backbone.tokenizer))
     budgets = [max_new_tokens - len(s) for s in starts]
-    more = handoff.continue_sequences(backbone, sequences, whole, [max(b, 1) for b in budgets], options)
+    more = handoff.continue_sequences(backbone, sequences, targets, [max(b, 1) for b in budgets], options)
     return [Prediction(tokenizer.decode(start + added[:budget], skip_special_tokens=True), None, None, route)
             for start, added, budget, route in zip(starts, more, budgets, routes)]
 
 
 def _generate(edited, inputs: list[str], enc: tasks.Encoded, scope, max_new_tokens: int,
-              decoding: Decoding, hand_back: bool = True) -> tuple[list[Route], list[list[int]]]:
-    """(routes, new tokens per row): generation in the route scope, each routed row handed back to the
-    base model once it has given its target (melo_cli/model/handoff.py) unless `decoding.handoff` is off;
-    with `hand_back` off, a handed-back row ends where its block stopped."""
+              decoding: Decoding, hand_back: bool = True) -> tuple[list[Route], list[list[int]], list[str | None]]:
+    """(routes, new tokens per row, the target each row gave whole or None): generation in the route scope,
+    each routed row handed back to the base model once it has given its target or left it
+    (melo_cli/model/handoff.py) unless `decoding.handoff` is off; with `hand_back` off, a handed-back row
+    ends where its block stopped."""
     backbone, task = edited.backbone, edited.task
     kwargs = {k: v for k, v in enc.inputs.items() if k != "position_ids"}
     width = kwargs["input_ids"].shape[1]
@@ -128,7 +131,8 @@ def _generate(edited, inputs: list[str], enc: tasks.Encoded, scope, max_new_toke
                                         [max_new_tokens - len(tokens[r]) for r in rows], options)
         for row, added in zip(rows, more):
             tokens[row] += added
-    return list(found), tokens
+    given = watch.given() if watch is not None and watch.targets is not None else [None] * len(tokens)
+    return list(found), tokens, given
 
 def _taught(edited, inputs: list[str], routes: list[Route]) -> list[str | None]:
     """Each routed row's target as its block learned to write it after this input: the label of the
