@@ -374,22 +374,53 @@ def gen_texts(ed, inputs, n, targets=None):
     return texts
 
 
+def oracle_texts(base_model, prompts: list[str], targets: list[str], n: int) -> list[str]:
+    """The ceiling of "give the target, then read like the base model": the bare model continues each
+    prompt + its target text (no block at all), the target counting towards the `n` new tokens."""
+    backbone, texts = base_model.backbone, []
+    tok = backbone.tokenizer
+    for chunk in chunks(list(zip(prompts, targets))):
+        heads = [" " + t.strip() for _, t in chunk]
+        enc = tasks.encode(backbone, [p + h for (p, _), h in zip(chunk, heads)]).to(backbone.device)
+        out = backbone.model.generate(input_ids=enc.inputs["input_ids"], attention_mask=enc.inputs["attention_mask"],
+                                      max_new_tokens=n, do_sample=False, pad_token_id=backbone.pad_id)
+        width = enc.inputs["input_ids"].shape[1]
+        for i, head in enumerate(heads):
+            budget = max(n - len(tok(head, add_special_tokens=False)["input_ids"]), 0)
+            texts.append(head + tok.decode(out[i, width:width + budget], skip_special_tokens=True))
+    return texts
+
+
+def ratio_interval(edited: list[float], base: list[float], draws: int = 2000) -> list[float]:
+    """A 95% bootstrap interval of mean(edited) / mean(base) over prompts resampled in pairs: how far a
+    ratio over this many prompts can move by which prompts were drawn."""
+    e, b = np.array(edited), np.array(base)
+    picks = np.random.default_rng(0).integers(0, len(e), size=(draws, len(e)))
+    ratios = e[picks].mean(1) / b[picks].mean(1)
+    return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
+
+
 def fluency(ed, records, base_texts: dict, tokens: list[int]) -> dict:
     """Continuations of every edit and rephrase, `tokens` new tokens each: the share that start with the
     target, the share that stutter it (melo_cli/eval/fluency.py), and the n-gram entropy against the bare
-    model's on the same prompts; for melo also over the routed rows only."""
-    from melo_cli.eval.fluency import mean_entropy, repeats
+    model's on the same prompts, with a bootstrap interval and the oracle's ratio (oracle_texts) beside it;
+    for melo also over the routed rows only."""
+    from melo_cli.eval.fluency import mean_entropy, ngram_entropy, repeats
 
     prompts = [r["input"] for r in records] + [r["rephrases"][0] for r in records]
     targets = [r["target"] for r in records] * 2
     out = {}
     for n in tokens:
         texts = [t for chunk in chunks(prompts) for t in ed.generate(chunk, n)]
-        base = base_texts[n][:len(records)] + base_texts[n][len(base_texts[n]) // 2:][:len(records)]
+        half = len(base_texts[n]) // 2
+        base = base_texts[n][:len(records)] + base_texts[n][half:][:len(records)]
+        oracle = base_texts[f"oracle-{n}"][:len(records)] + base_texts[f"oracle-{n}"][half:][:len(records)]
         row = {"starts": float(np.mean([produces(t, g) for t, g in zip(texts, targets)])),
                "repeats": float(np.mean([repeats(t, g) for t, g in zip(texts, targets)])),
                "entropy": mean_entropy(texts), "base_entropy": mean_entropy(base)}
         row["entropy_ratio"] = row["entropy"] / row["base_entropy"]
+        row["ratio_interval"] = ratio_interval([ngram_entropy(t) for t in texts], [ngram_entropy(t) for t in base])
+        row["oracle_ratio"] = mean_entropy(oracle) / row["base_entropy"]
         row["repeating"] = [{"prompt": p, "target": g, "text": t} for p, g, t in zip(prompts, targets, texts)
                             if repeats(t, g)][:20]  # to read what a repeat looks like
         if isinstance(ed, MeloEditor):
@@ -459,6 +490,8 @@ def main() -> None:
     tokens = [int(t) for t in args.fluency_tokens.split(",") if t.strip()]
     prompts = [r["input"] for r in records] + [r["rephrases"][0] for r in records]
     base_texts = {n: [t for chunk in chunks(prompts) for t in base_model.generate(chunk, n)] for n in tokens}
+    base_texts.update({f"oracle-{n}": oracle_texts(base_model, prompts, [r["target"] for r in records] * 2, n)
+                       for n in tokens})
     del base_model
 
     results = {}
@@ -514,6 +547,8 @@ def write_results(args, env: dict, results: dict) -> None:
             for name, r in results.items()]
     curve_rows = [[name, p["edits"], p["es_tf"], p["gen_tf"], p["loc_tf"]] for name, r in results.items() for p in r["curve"]]
     fluency_rows = [[name, n, f["starts"], f["repeats"], f["entropy"], f["base_entropy"], f["entropy_ratio"],
+                     "-" if "ratio_interval" not in f else "%.3f-%.3f" % tuple(f["ratio_interval"]),
+                     f.get("oracle_ratio", "-"),
                      f.get("routed"), f.get("routed_starts"), f.get("routed_repeats"), f.get("routed_entropy_ratio")]
                     for name, r in results.items() for n, f in r.get("fluency", {}).items()]
     markdown = (f"Sequential editing, {args.dataset} N={args.n}, batches of {args.batch_size}, {args.model}, "
@@ -524,9 +559,13 @@ def write_results(args, env: dict, results: dict) -> None:
                 + common.table(["editor", "edits", "ES tf", "gen tf", "loc tf"], curve_rows)
                 + ("\n\nFluency: greedy continuations of every edit and rephrase (melo: with the handoff), n-gram "
                    "entropy against the bare model's on the same prompts; 'repeats': the target given twice in a row "
-                   "(melo_cli/eval/fluency.py); 'routed': the same over the rows melo routed to a block.\n\n"
+                   "(melo_cli/eval/fluency.py); 'ratio 95%': a bootstrap interval of the ratio over the prompts "
+                   "drawn; 'oracle': the ratio of the bare model continuing prompt + target text (no block), the "
+                   "ceiling of giving the target and then reading like the base model; 'routed': the same over the "
+                   "rows melo routed to a block.\n\n"
                    + common.table(["editor", "new tokens", "start with target", "repeats", "entropy", "bare entropy",
-                                   "ratio", "routed", "routed: start", "routed: repeats", "routed: ratio"],
+                                   "ratio", "ratio 95%", "oracle", "routed", "routed: start", "routed: repeats",
+                                   "routed: ratio"],
                                   fluency_rows) if fluency_rows else ""))
     tag = args.tag or f"{args.model}-{args.dataset}-n{args.n}"
     common.write("editing", tag, env, {"model": args.model, "dataset": args.dataset, "n": args.n,
