@@ -83,11 +83,11 @@ def _chat_replies(edited, prompts: list[str], turns: tasks.Encoded, routes: list
     rows = [i for i, r in enumerate(routes) if r.routed]
     plain = _fit_positions(backbone, tasks.encode(backbone, [prompts[i] for i in rows]), max_new_tokens).to(backbone.device)
     scope = edited.fixed_routes([routes[i] for i in rows], plain.key_mask.device)
-    _, given, gave = _generate(edited, [prompts[i] for i in rows], plain, scope, max_new_tokens, decoding,
-                               hand_back=False)
+    _, given, given_targets = _generate(edited, [prompts[i] for i in rows], plain, scope, max_new_tokens, decoding,
+                                        hand_back=False)
     starts: list[list[int]] = [[] for _ in prompts]
     targets: list[str | None] = [None for _ in prompts]
-    for i, tokens, target in zip(rows, given, gave):
+    for i, tokens, target in zip(rows, given, given_targets):
         text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
         starts[i] = tokenizer(text, add_special_tokens=False)["input_ids"][:max_new_tokens] if text else []
         targets[i] = target if text else None
