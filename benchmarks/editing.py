@@ -400,6 +400,11 @@ def ratio_interval(edited: list[float], base: list[float], draws: int = 2000) ->
     return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
 
 
+def edits_and_rephrases(texts: list[str], n: int) -> list[str]:
+    """The first n edits' and first n rephrases' texts from a list that holds all edits, then all rephrases."""
+    return texts[:n] + texts[len(texts) // 2:][:n]
+
+
 def fluency(ed, records, base_texts: dict, tokens: list[int]) -> dict:
     """Continuations of every edit and rephrase, `tokens` new tokens each: the share that start with the
     target, the share that stutter it (melo_cli/eval/fluency.py), and the n-gram entropy against the bare
@@ -412,9 +417,7 @@ def fluency(ed, records, base_texts: dict, tokens: list[int]) -> dict:
     out = {}
     for n in tokens:
         texts = [t for chunk in chunks(prompts) for t in ed.generate(chunk, n)]
-        half = len(base_texts[n]) // 2
-        base = base_texts[n][:len(records)] + base_texts[n][half:][:len(records)]
-        oracle = base_texts[f"oracle-{n}"][:len(records)] + base_texts[f"oracle-{n}"][half:][:len(records)]
+        base, oracle = (edits_and_rephrases(base_texts[key], len(records)) for key in (n, f"oracle-{n}"))
         row = {"starts": float(np.mean([produces(t, g) for t, g in zip(texts, targets)])),
                "repeats": float(np.mean([repeats(t, g) for t, g in zip(texts, targets)])),
                "entropy": mean_entropy(texts), "base_entropy": mean_entropy(base)}

@@ -65,7 +65,5 @@ def pending(text: str, target: str) -> bool:
     """Whether the next words of `text` could make it stutter `target`: its last whole `target` is
     followed by nothing but spaces, punctuation and the beginning of the target again."""
     whole = _pattern(target)
-    found = None
-    for found in whole.finditer(text) if whole is not None else ():
-        pass
-    return found is not None and may_restart(text[found.end():], target)
+    found = list(whole.finditer(text)) if whole is not None else []
+    return bool(found) and may_restart(text[found[-1].end():], target)
