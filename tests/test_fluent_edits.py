@@ -86,11 +86,15 @@ def test_eval_reports_fluency_and_gates_it(bundle):
     assert fluency["tokens"] == 40 and fluency["continuations"] >= 30
     assert fluency["repeats"] == 0.0 and fluency["ratio"] >= 0.9
     assert fluency["edited_entropy"] > 2 and fluency["base_entropy"] > 2
+    # the ceiling: the bare model after the same targets; the edited text is the base model's from the target on
+    assert fluency["oracle_entropy"] > 2 and fluency["oracle_ratio"] == pytest.approx(
+        fluency["oracle_entropy"] / fluency["base_entropy"], abs=1e-3)
+    assert abs(fluency["ratio"] - fluency["oracle_ratio"]) < 0.1
     gated = melo("eval", "--bundle", bundle, "--mode", "generate", "--min-fluency", "1.5", "--fluency-tokens", "20")
     assert gated.exit_code == 3 and "fluency" in gated.stderr
     assert melo("eval", "--bundle", bundle, "--mode", "teacher-forced", "--min-fluency", "0.9").exit_code == 2
     table = melo("eval", "--bundle", bundle, "--mode", "generate", "--fluency-tokens", "10").stdout
-    assert "fluency" in table and "targets repeated" in table
+    assert "fluency" in table and "targets repeated" in table and "ceiling" in table
 
 
 def test_no_handoff_keeps_the_block_on(bundle):

@@ -100,6 +100,8 @@ def eval_command(
             table.add_row("fluency (entropy, edited / base)", f"{format_metric(flu['ratio'])} "
                           f"({flu['continuations']} routed, {flu['tokens']} tokens)")
             table.add_row("fluency: targets repeated", format_metric(flu["repeats"]))
+            if flu["oracle_ratio"] is not None:
+                table.add_row("fluency ceiling (bare model after the target)", format_metric(flu["oracle_ratio"]))
         table.add_row("edits / clusters / blocks", f"{result['n_edits']} / {result['n_clusters']} / {result['n_blocks']}")
         for name, counts in (result["routing"] or {}).items():
             table.add_row(f"routed: {name}", ", ".join(f"{k} {v}" for k, v in counts.items()))

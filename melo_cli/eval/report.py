@@ -11,6 +11,7 @@ from melo_cli.eval.fluency import mean_entropy, repeats
 from melo_cli.eval.metrics import Outcome, generated, locality, perplexity, scored, share
 from melo_cli.model.edited_model import EditedModel
 from melo_cli.router.vocabulary import Route
+from melo_cli.tasks import causal_target_ids, joiner
 
 KEYS = ("edit_success", "generality", "locality", "holdout_accuracy", "perplexity", "fluency", "n_edits",
         "n_clusters", "n_blocks", "mode", "routing")
@@ -23,20 +24,51 @@ def fluency(edited: EditedModel, inputs: list[str], targets: list[str], routes: 
             batch_size: int, advance: Callable[[int], None] = lambda n: None) -> dict:
     """What edited continuations read like: over the inputs routed to a block (the others are the base
     model itself), `tokens` new tokens generated with and without the bundle; the n-gram entropy of
-    each side (melo_cli/eval/fluency.py), edited / base, and the share of edited continuations that stutter
-    their target."""
+    each side (melo_cli/eval/fluency.py), edited / base, the share of edited continuations that stutter
+    their target, and the ceiling (`ceiling`): how fluent the bare model itself is after the same
+    targets, so that a low ratio can be told apart as the mechanism's or the counterfactual's."""
     rows = [i for i, r in enumerate(routes) if r.routed]
-    advance(2 * (len(inputs) - len(rows)))
+    advance(3 * (len(inputs) - len(rows)))
     after = generated(edited, [inputs[i] for i in rows], [None] * len(rows), True, batch_size, advance, tokens)
     before = generated(edited, [inputs[i] for i in rows], [None] * len(rows), False, batch_size, advance, tokens)
+    oracle = ceiling(edited, [inputs[i] for i in rows], [targets[i] for i in rows], tokens, batch_size, advance)
     edited_h = mean_entropy([o.output for o in after])
     base_h = mean_entropy([o.output for o in before])
+    oracle_h = mean_entropy(oracle) if oracle is not None else None
     stutter = [repeats(o.output, targets[i]) for o, i in zip(after, rows)]
     return {"tokens": tokens, "continuations": len(rows),
             "edited_entropy": None if edited_h is None else round(edited_h, 4),
             "base_entropy": None if base_h is None else round(base_h, 4),
             "ratio": round(edited_h / base_h, 4) if edited_h is not None and base_h else None,
-            "repeats": share(stutter)}
+            "repeats": share(stutter),
+            "oracle_entropy": None if oracle_h is None else round(oracle_h, 4),
+            "oracle_ratio": round(oracle_h / base_h, 4) if oracle_h is not None and base_h else None}
+
+
+def ceiling(edited: EditedModel, inputs: list[str], targets: list[str], tokens: int, batch_size: int,
+            advance: Callable[[int], None] = lambda n: None) -> list[str] | None:
+    """The ceiling of "give the target, then read like the base model" (decoder-only models; None for
+    others): the bare model, no block at all, continuing each input written with its target, the
+    target's tokens counting towards the `tokens` new tokens. A false fact can make the base model
+    itself loop (SmolLM2: "... developed by Nokia, is a 10.1.1.1.1"); no edit that hands back to it
+    reads better than this."""
+    if not edited.task.prompts_share_positions:
+        advance(len(inputs))
+        return None
+    tokenizer = edited.backbone.tokenizer
+    heads = [joiner(p, t) + t for p, t in zip(inputs, targets)]
+    budgets = [max(tokens - len(causal_target_ids(tokenizer, p, t)[1]), 0) for p, t in zip(inputs, targets)]
+    texts = list(heads)
+    for budget in sorted(set(budgets)):
+        rows = [i for i, b in enumerate(budgets) if b == budget]
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            if budget:
+                preds = edited.predict([inputs[i] + heads[i] for i in chunk], max_new_tokens=budget, route=False)
+                for i, pred in zip(chunk, preds):
+                    texts[i] = heads[i] + pred.text
+            advance(len(chunk))
+    return texts
 
 
 def right_block(edited: EditedModel, edit: Edit, route: Route, numbers: dict[tuple[str, str], int]) -> bool:
@@ -118,7 +150,7 @@ def modes_of(mode: str) -> list[str]:
 def work(edits: list[Edit], holdout: list[Holdout], modes: list[str], fluency_tokens: int = FLUENCY_TOKENS) -> int:
     """How many inputs `evaluate` will run, for a progress bar."""
     scored = len(edits) + sum(len(e.rephrases) for e in edits)
-    fluent = 2 * scored if "generate" in modes and fluency_tokens > 0 else 0
+    fluent = 3 * scored if "generate" in modes and fluency_tokens > 0 else 0
     return (scored + 2 * len(holdout)) * len(modes) + fluent
 
 
