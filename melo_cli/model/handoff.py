@@ -9,9 +9,9 @@ routed row runs in two phases:
    label, whitespace-normalised: the rule `melo eval` scores edits by);
 2. once the continuation gives the target, the row stops and the base model with no block at all
    continues from the prompt and the tokens so far. A block that leaves its target instead (it wrote
-   "t" for "goaltender" after a paraphrase, then the base model wrote "t-t-t-t") has its last token
-   taken back: that token is neither the edit nor the base model's, and the base model continues from
-   the last point where the text was still the target's beginning.
+   "t" for "goaltender" after a paraphrase, then the base model wrote "t-t-t-t") has what it wrote of
+   the word it left taken back: those tokens are neither the edit nor the base model's, and the base
+   model continues from the last of the target's whole words given, or from the prompt.
 
 What follows the target is then the base model's continuation of the corrected text: fluent as the base
 model is, and a chat reply ends at the template's end-of-turn as the bare model's does. At the seam the
@@ -83,9 +83,20 @@ class TargetWatch(StoppingCriteria):
                     else:
                         self.stopped[row] = input_ids.shape[1]
                 elif not _begins(target, text):
-                    self.stopped[row] = input_ids.shape[1] - 1  # take back the token that left the target
+                    self.stopped[row] = self._back_to_words(input_ids[row], target)
             done[row] = self.stopped[row] is not None
         return done
+
+    def _back_to_words(self, ids: torch.Tensor, target: str) -> int:
+        """Where a row that left its target continues from: the token that left is taken back, and so is any
+        piece of a target word before it, down to the last of the target's whole words given (else the
+        prompt). A fragment is neither the edit nor the base model's: SmolLM2's block wrote " Dort" for
+        "Dortmund" and then left it, and the base model glued "re's" onto it."""
+        for end in range(ids.shape[0] - 1, self.start, -1):
+            text = normalise(self.tokenizer.decode(ids[self.start:end], skip_special_tokens=True))
+            if text and target.startswith(text + " "):
+                return end
+        return self.start
 
     def given(self) -> list[str | None]:
         """Per row: the target it gave whole, else None (once generation has begun)."""
