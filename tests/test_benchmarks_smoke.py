@@ -29,6 +29,14 @@ def test_editing_benchmark_smoke(shared, tmp_path):
     assert melo["es_tf"] == 1.0 and melo["loc_tf"] == 1.0 and len(melo["curve"]) >= 1
 
 
+def test_misses_benchmark_smoke(shared, tmp_path):
+    data = run_benchmark("misses.py", "--n", "4", "--batch-size", "2", "--settings", '{"loss_threshold": 0.05}',
+                         out=tmp_path)
+    result = data["results"]
+    assert result["settings"] == {"loss_threshold": 0.05} and 0 <= result["own_block_hits"] <= result["routed"] <= 4
+    assert len(result["misses"]) == result["routed"] - result["routed_hits"]
+
+
 def test_keys_benchmark_smoke(shared, tmp_path):
     data = run_benchmark("keys.py", "--sizes", "20", "--datasets", "counterfact", out=tmp_path)
     keys = {r["key"] for r in data["results"]}
