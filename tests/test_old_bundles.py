@@ -30,7 +30,16 @@ def test_a_format_1_bundle_generates_what_it_generated_when_written(old_bundle):
     result = melo("generate", "--bundle", old_bundle, "--base", BASE, "--no-handoff", "--json",
                   "--max-new-tokens", "12", *prompts)
     assert result.exit_code == 0, result.stderr
-    assert json_lines(result.stdout) == EXPECTED
+    got = json_lines(result.stdout)
+    assert [without_distance(r) for r in got] == [without_distance(e) for e in EXPECTED]
+    for r, e in zip(got, EXPECTED):  # a key's distance to its own centre is float noise, which the CPU's
+        if e["route"] is not None:  # kernels move: 1.19e-7 where it was recorded, 2.98e-7 on another machine
+            assert r["route"]["distance"] == pytest.approx(e["route"]["distance"], abs=1e-5)
+
+
+def without_distance(record: dict) -> dict:
+    route = record["route"] and {k: v for k, v in record["route"].items() if k != "distance"}
+    return {**record, "route": route}
 
 
 def test_a_format_1_bundle_routes_and_inspects_as_before(old_bundle):
