@@ -72,8 +72,8 @@ def main() -> None:
                 + common.table(list(summary), [[json.dumps(v) if isinstance(v, dict) else v for v in summary.values()]])
                 + "\n\n'own_block': routed to the block that learned the rephrase's edit.\n\n"
                 + common.table(["record", "own block", "prompt", "target", "written instead"],
-                               [[m["record"], m["own_block"], cell(m["prompt"][-60:]), m["target"], cell(m["text"][:40])]
-                                for m in misses]))
+                               [[m["record"], m["own_block"], cell(m["prompt"][-60:]), m["target"],
+                                 cell(m["text"][:40])] for m in misses]))
     common.write("misses", args.tag or f"{args.model}-n{len(records)}", env, {"model": args.model, "n": len(records),
                  "results": result}, markdown, args.out)
 

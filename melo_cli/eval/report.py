@@ -29,9 +29,10 @@ def fluency(edited: EditedModel, inputs: list[str], targets: list[str], routes: 
     targets, so that a low ratio can be told apart as the mechanism's or the counterfactual's."""
     rows = [i for i, r in enumerate(routes) if r.routed]
     advance(3 * (len(inputs) - len(rows)))
-    after = generated(edited, [inputs[i] for i in rows], [None] * len(rows), True, batch_size, advance, tokens)
-    before = generated(edited, [inputs[i] for i in rows], [None] * len(rows), False, batch_size, advance, tokens)
-    oracle = ceiling(edited, [inputs[i] for i in rows], [targets[i] for i in rows], tokens, batch_size, advance)
+    routed = [inputs[i] for i in rows]
+    after = generated(edited, routed, [None] * len(rows), True, batch_size, advance, tokens)
+    before = generated(edited, routed, [None] * len(rows), False, batch_size, advance, tokens)
+    oracle = ceiling(edited, routed, [targets[i] for i in rows], tokens, batch_size, advance)
     edited_h = mean_entropy([o.output for o in after])
     base_h = mean_entropy([o.output for o in before])
     oracle_h = mean_entropy(oracle) if oracle is not None else None

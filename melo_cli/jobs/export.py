@@ -82,7 +82,8 @@ ENTITY_RULES = {
              "(melo bundles of format 1); melo_cli/router/subjects.py, names()",
 }
 HANDOFF = ("generate with the adapter until the continuation, whitespace-normalised, starts with the cluster's label "
-           "(or can no longer become it: then drop the token that left it and any piece of a label word before it, back to the label's last whole word given or the prompt); then continue from the prompt and the "
+           "(or can no longer become it: then drop the token that left it and any piece of a label word before it, "
+           "back to the label's last whole word given or the prompt); then continue from the prompt and the "
            "tokens so far with the base model alone, which may not glue a token onto the label's last word nor "
            "give the label twice in a row (melo_cli/model/handoff.py, melo_cli/stutter.py); left on, the adapter "
            "repeats its label")
